@@ -1,0 +1,184 @@
+"""The one interface every model family implements, and the registry that picks and holds one.
+
+An engine turns a validated request into audio. It is built from a checkpoint folder (a local
+folder, or a Hub snapshot that the family's `resolve` downloads), declares which request parameters
+it honours, and reports progress per diffusion step. `EngineManager` keeps one model resident at a
+time and serialises GPU work behind one lock.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import torch
+
+from .audio import Audio
+from .errors import Cancelled, InputError, ModelUnavailableError
+from .requests import GenerateRequest, InpaintRequest, OutpaintRequest
+
+DEFAULT_MODEL = "ACE-Step/acestep-v15-xl-turbo-diffusers"
+
+# step (1-based), total steps
+StepCallback = Callable[[int, int], None]
+
+
+@dataclass
+class EngineOutput:
+    """What an engine returns: the audio and the values it actually ran with."""
+
+    audio: Audio
+    effective: dict[str, Any] = field(default_factory=dict)
+
+
+class Engine(Protocol):
+    model_id: str
+    sample_rate: int
+
+    def honoured(self, task: str) -> frozenset[str]:
+        """Request parameters this engine applies for `task`; set ones outside it are ignored."""
+
+    def generate(self, request: GenerateRequest, seed: int, retake_seed: int,
+                 on_step: StepCallback) -> EngineOutput: ...
+
+    def inpaint(self, request: InpaintRequest, source: Audio, start_s: float, end_s: float,
+                seed: int, retake_seed: int, on_step: StepCallback) -> EngineOutput: ...
+
+    def outpaint(self, request: OutpaintRequest, source: Audio, seed: int, retake_seed: int,
+                 on_step: StepCallback) -> EngineOutput: ...
+
+
+@dataclass(frozen=True)
+class Family:
+    """A model family: how to recognise its checkpoints and how to load one."""
+
+    name: str
+    hub_ids: tuple[str, ...]
+    is_checkpoint: Callable[[Path], bool]
+    load: Callable[[str, str, str], Engine]  # (model id or folder, device, dtype) -> Engine
+
+
+_FAMILIES: list[Family] = []
+
+
+def register(family: Family) -> None:
+    _FAMILIES.append(family)
+
+
+def families() -> list[Family]:
+    if not _FAMILIES:
+        from .v15 import engine as _v15  # noqa: F401  (registers itself)
+    return list(_FAMILIES)
+
+
+def known_models() -> list[str]:
+    return [hub_id for family in families() for hub_id in family.hub_ids]
+
+
+def family_for(model: str) -> Family:
+    """The family that loads `model`: a Hub id, a local checkpoint folder or a Hub-cache folder."""
+    folder = Path(model).expanduser()
+    if folder.exists():
+        if not folder.is_dir():
+            raise InputError(f"model '{model}' is a file; pass a checkpoint folder or a Hub model id")
+        for family in families():
+            if family.is_checkpoint(folder):
+                return family
+        raise ModelUnavailableError(
+            f"the folder '{model}' is not a checkpoint this app can load: expected a diffusers "
+            f"ACE-Step 1.5 folder (model_index.json naming AceStepPipeline)")
+    for family in families():
+        if model in family.hub_ids:
+            return family
+    if model.count("/") == 1 and not model.startswith(("/", ".", "~")):
+        return families()[0]
+    raise InputError(f"model '{model}' is neither a folder on this machine nor a Hub id like "
+                     f"'{DEFAULT_MODEL}'; known models: {', '.join(known_models())}")
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def pick_device(device: str) -> torch.device:
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        chosen = torch.device(device)
+    except RuntimeError:
+        raise InputError(f"unknown device '{device}'; use auto, cpu, cuda, cuda:N or mps") from None
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device '{device}' was asked for but no CUDA GPU is available; use cpu")
+    return chosen
+
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """float32 on CPU; bfloat16 on CUDA (float16 where bfloat16 is unsupported); or as asked."""
+    if dtype != "auto":
+        if dtype not in DTYPES:
+            raise InputError(f"unknown dtype '{dtype}'; use auto, {', '.join(DTYPES)}")
+        return DTYPES[dtype]
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+class EngineManager:
+    """Holds at most one loaded engine and runs one job at a time on it."""
+
+    def __init__(self, device: str = "auto", dtype: str = "auto"):
+        self.device = device
+        self.dtype = dtype
+        self.gpu_lock = threading.Lock()
+        self._engine: Engine | None = None
+        self._engine_key: tuple[str, str, str] | None = None
+        self._cancel = threading.Event()
+
+    def get(self, model: str) -> Engine:
+        """The engine for `model`, loading it (and unloading the previous one) on first use."""
+        key = (model, self.device, self.dtype)
+        if self._engine_key != key:
+            self.unload()
+            family = family_for(model)
+            self._engine = family.load(model, self.device, self.dtype)
+            self._engine_key = key
+        assert self._engine is not None
+        return self._engine
+
+    def unload(self) -> None:
+        self._engine = None
+        self._engine_key = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def cancel(self) -> None:
+        """Ask the running job to stop at its next diffusion step."""
+        self._cancel.set()
+
+    def step_callback(self, report: StepCallback | None) -> StepCallback:
+        """A per-step callback that reports progress and raises `Cancelled` when asked to stop."""
+        self._cancel.clear()
+
+        def on_step(step: int, total: int) -> None:
+            if report is not None:
+                report(step, total)
+            if self._cancel.is_set():
+                self._cancel.clear()
+                raise Cancelled(f"stopped by the user after step {step} of {total}")
+
+        return on_step

@@ -1,0 +1,74 @@
+"""Find a checkpoint folder: a local folder, a Hugging Face cache folder, or a Hub snapshot.
+
+Downloads go through `huggingface_hub.snapshot_download`, whose tqdm bars `gr.Progress(track_tqdm=
+True)` shows in the UI and the CLI prints on stderr. Every way of not finding a model becomes a
+`ModelUnavailableError` naming the repo and how to pre-download it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Sequence
+
+from .errors import ModelUnavailableError
+
+
+def snapshot_in_cache_layout(folder: Path) -> Path | None:
+    """`models--org--name/snapshots/<rev>` for a folder in the Hub cache layout, else None."""
+    snapshots = folder / "snapshots"
+    if not snapshots.is_dir():
+        return None
+    ref = folder / "refs" / "main"
+    if ref.is_file() and (snapshots / ref.read_text().strip()).is_dir():
+        return snapshots / ref.read_text().strip()
+    revisions = sorted(snapshots.iterdir(), key=lambda p: p.stat().st_mtime)
+    return revisions[-1] if revisions else None
+
+
+def local_checkpoint(model: str) -> Path | None:
+    """The checkpoint folder `model` names on this machine, or None when it is not a path."""
+    folder = Path(model).expanduser()
+    if not folder.is_dir():
+        return None
+    return snapshot_in_cache_layout(folder) or folder
+
+
+def download(repo_id: str, allow_patterns: Sequence[str] | None = None,
+             repo_type: str | None = None) -> Path:
+    """The local snapshot of `repo_id`, downloaded (with progress) when not cached."""
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import (GatedRepoError, HFValidationError, IncompleteSnapshotError,
+                                        LocalEntryNotFoundError, RepositoryNotFoundError,
+                                        RevisionNotFoundError)
+
+    how = (f"Download it once with a connection (`hf download {repo_id}`"
+           f"{' --repo-type ' + repo_type if repo_type else ''}), or pass a local folder "
+           f"with --model DIR.")
+    try:
+        return Path(snapshot_download(repo_id, repo_type=repo_type,
+                                      allow_patterns=list(allow_patterns) if allow_patterns else None))
+    except IncompleteSnapshotError as error:
+        raise ModelUnavailableError(
+            f"the cached copy of {repo_id} is incomplete and the Hub cannot be reached "
+            f"({error}). {how}") from None
+    except LocalEntryNotFoundError:
+        raise ModelUnavailableError(
+            f"{repo_id} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and the Hub "
+            f"cannot be reached (no network, or HF_HUB_OFFLINE is set). {how}") from None
+    except GatedRepoError:
+        raise ModelUnavailableError(
+            f"{repo_id} is gated: accept its terms on the Hub and log in with `hf auth login`") from None
+    except (RepositoryNotFoundError, RevisionNotFoundError, HFValidationError):
+        raise ModelUnavailableError(
+            f"{repo_id} was not found on the Hugging Face Hub; check the model id") from None
+
+
+def require_files(root: Path, names: Sequence[str], model: str,
+                  describe: Callable[[list[str]], str] | None = None) -> None:
+    """Raise when a checkpoint folder lacks any of `names` (a partial download, a wrong folder)."""
+    missing = [name for name in names if not (root / name).exists()]
+    if missing:
+        detail = describe(missing) if describe else ""
+        raise ModelUnavailableError(
+            f"the checkpoint for {model} at {root} is incomplete: missing {', '.join(missing)}. "
+            f"{detail}".strip())

@@ -1,0 +1,276 @@
+"""The hosted ACE-Step APIs' requests: parameter names, ranges, defaults and validation.
+
+One dataclass per task. Each field's metadata carries its range, choices and help text, so the UI,
+the CLI and the Gradio API are all built from this one table. `parse_request` validates a plain
+mapping (JSON, form values, keyword arguments) once, before any heavy work, and raises `InputError`
+with a message that says what to change. Where the hosted pages disagree we follow fal's schema for
+the advanced parameters and RunComfy's for inpaint/outpaint; `duration` starts at 1 s (the hosted
+pages say 5 s) because upstream accepts any length and short clips make fast tests.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import random
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from .errors import InputError
+
+SEED_MAX = 2147483647
+TASKS = ("generate", "inpaint", "outpaint")
+INSTRUMENTAL_MARKERS = ("[inst]", "[instrumental]")
+MIN_EDIT_SECONDS = 1.0
+
+
+def _param(default: Any, help: str, *, minimum: float | None = None, maximum: float | None = None,
+           choices: tuple[str, ...] | None = None, required: bool = False, advanced: bool = False) -> Any:
+    meta = {"help": help, "minimum": minimum, "maximum": maximum, "choices": choices,
+            "required": required, "advanced": advanced}
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True, kw_only=True)
+class BaseRequest:
+    """Parameters every task shares: the song description, the seed and the advanced sampler set."""
+
+    tags: str = _param("", "Comma-separated genre, mood and instrument tags.", required=True)
+    lyrics: str = _param("", "Lyrics with [verse], [chorus], [bridge]… markers; [inst] or "
+                             "[instrumental] for no vocals; blank lets the model decide.")
+    seed: int = _param(-1, "Random seed; -1 draws one (the seed used is returned).",
+                       minimum=-1, maximum=SEED_MAX)
+    retake_seed: int = _param(-1, "Seed of the second noise that `variance` blends in; -1 derives it "
+                                  "from `seed`.", minimum=-1, maximum=SEED_MAX, advanced=True)
+    number_of_steps: int = _param(27, "Diffusion steps.", minimum=1, maximum=200, advanced=True)
+    scheduler: str = _param("euler", "Sampler.", choices=("euler", "heun"), advanced=True)
+    guidance_type: str = _param("apg", "Classifier-free guidance rule.",
+                                choices=("apg", "cfg", "cfg_star"), advanced=True)
+    granularity_scale: int = _param(10, "Granularity scale; higher values can reduce artifacts.",
+                                    minimum=-100, maximum=100, advanced=True)
+    guidance_interval: float = _param(0.5, "Share of the steps, centred, that get guidance "
+                                           "(0.5 = steps 25%–75%).", minimum=0.0, maximum=1.0,
+                                      advanced=True)
+    guidance_interval_decay: float = _param(0.0, "Decay of the guidance scale towards the minimum "
+                                                 "across the interval; 0 = none.",
+                                            minimum=0.0, maximum=1.0, advanced=True)
+    guidance_scale: float = _param(15.0, "Guidance scale.", minimum=0.0, maximum=200.0, advanced=True)
+    minimum_guidance_scale: float = _param(3.0, "Guidance scale reached at the end of the decay.",
+                                           minimum=0.0, maximum=200.0, advanced=True)
+    tag_guidance_scale: float = _param(5.0, "Guidance scale of the tags alone.",
+                                       minimum=0.0, maximum=10.0, advanced=True)
+    lyric_guidance_scale: float = _param(1.5, "Guidance scale of the lyrics alone.",
+                                         minimum=0.0, maximum=10.0, advanced=True)
+    # Names the caller set explicitly; engines keep their own presets for the rest.
+    explicit: frozenset = field(default=frozenset(), compare=False, repr=False)
+
+    task = ""
+
+    def is_set(self, name: str) -> bool:
+        return name in self.explicit
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in public_fields(type(self))}
+
+
+@dataclass(frozen=True, kw_only=True)
+class GenerateRequest(BaseRequest):
+    duration: float = _param(60.0, "Length of the song in seconds.", minimum=1.0, maximum=240.0)
+
+    task = "generate"
+
+
+@dataclass(frozen=True, kw_only=True)
+class SourceRequest(BaseRequest):
+    audio: str = _param("", "Source audio: a file path or an https:// URL (WAV, MP3, FLAC, OGG, "
+                            "M4A…, up to 60 minutes). `audio_url` is accepted too.", required=True)
+
+
+@dataclass(frozen=True, kw_only=True)
+class InpaintRequest(SourceRequest):
+    start_time: float = _param(0.0, "Start of the edited range in seconds, from the chosen anchor.",
+                               minimum=0.0, maximum=240.0)
+    start_time_relative_to: str = _param("start", "Anchor of start_time: the start or the end of "
+                                                  "the track.", choices=("start", "end"))
+    end_time: float = _param(30.0, "End of the edited range in seconds, from the chosen anchor.",
+                             minimum=0.0, maximum=240.0)
+    end_time_relative_to: str = _param("start", "Anchor of end_time: the start or the end of the "
+                                                "track.", choices=("start", "end"))
+    variance: float = _param(0.5, "How far the new range may drift from the original (0–1).",
+                             minimum=0.0, maximum=1.0)
+
+    task = "inpaint"
+
+
+@dataclass(frozen=True, kw_only=True)
+class OutpaintRequest(SourceRequest):
+    extend_before_duration: float = _param(0.0, "Seconds of new audio before the track.",
+                                           minimum=0.0, maximum=240.0)
+    extend_after_duration: float = _param(30.0, "Seconds of new audio after the track.",
+                                          minimum=0.0, maximum=240.0)
+
+    task = "outpaint"
+
+
+REQUEST_TYPES: dict[str, type[BaseRequest]] = {
+    "generate": GenerateRequest, "inpaint": InpaintRequest, "outpaint": OutpaintRequest,
+}
+ALIASES = {"audio_url": "audio"}
+
+
+def public_fields(request_type: type[BaseRequest]) -> list[dataclasses.Field]:
+    """The request's parameters in schema order, without internal bookkeeping."""
+    return [f for f in dataclasses.fields(request_type) if f.name != "explicit"]
+
+
+def schema(task: str) -> dict[str, dict[str, Any]]:
+    """Name → {type, default, minimum, maximum, choices, required, advanced, help} for one task."""
+    request_type = _request_type(task)
+    return {f.name: {"type": _field_kind(f).__name__, "default": f.default, **f.metadata}
+            for f in public_fields(request_type)}
+
+
+def parse_request(task: str, payload: Mapping[str, Any]) -> BaseRequest:
+    """Validate `payload` against `task`'s schema. Missing or null values take the hosted default."""
+    request_type = _request_type(task)
+    if not isinstance(payload, Mapping):
+        raise InputError(f"the {task} input must be a JSON object of parameters, "
+                         f"not {type(payload).__name__}")
+    fields = {f.name: f for f in public_fields(request_type)}
+    values: dict[str, Any] = {}
+    for key, raw in payload.items():
+        name = ALIASES.get(key, key)
+        if name not in fields:
+            raise InputError(_unknown_parameter_message(str(key), task, fields))
+        if raw is None:
+            continue
+        if name in values and values[name] != raw:
+            raise InputError(f"both 'audio' and 'audio_url' are set and differ; give only one")
+        values[name] = _coerce(fields[name], raw)
+    for name, spec in fields.items():
+        if spec.metadata["required"] and not str(values.get(name, "")).strip():
+            raise InputError(f"'{name}' is required for {task}: {spec.metadata['help']}")
+    request = request_type(**values, explicit=frozenset(values))
+    _check_combination(request)
+    return request
+
+
+def _request_type(task: str) -> type[BaseRequest]:
+    if task not in REQUEST_TYPES:
+        raise InputError(f"unknown task '{task}'; choose one of {', '.join(TASKS)}")
+    return REQUEST_TYPES[task]
+
+
+def _field_kind(spec: dataclasses.Field) -> type:
+    return {"str": str, "int": int, "float": float}[spec.type if isinstance(spec.type, str)
+                                                      else spec.type.__name__]
+
+
+def _unknown_parameter_message(key: str, task: str, fields: Mapping[str, Any]) -> str:
+    close = difflib.get_close_matches(key, list(fields) + list(ALIASES), n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    return f"unknown parameter '{key}' for {task}{hint}; known: {', '.join(fields)}"
+
+
+def _coerce(spec: dataclasses.Field, raw: Any) -> Any:
+    kind = _field_kind(spec)
+    meta = spec.metadata
+    name = spec.name
+    if kind is str:
+        if not isinstance(raw, str):
+            raise InputError(f"'{name}' must be text, not {type(raw).__name__}")
+        value: Any = raw
+        if meta["choices"] and value not in meta["choices"]:
+            raise InputError(f"'{name}' must be one of {', '.join(meta['choices'])}, not '{value}'")
+        return value
+    number = _as_number(name, raw)
+    if kind is int:
+        if number != int(number):
+            raise InputError(f"'{name}' must be a whole number, not {raw!r}")
+        number = int(number)
+    low, high = meta["minimum"], meta["maximum"]
+    if (low is not None and number < low) or (high is not None and number > high):
+        raise InputError(f"'{name}' must be between {_fmt(low)} and {_fmt(high)}, not {_fmt(number)}")
+    return number
+
+
+def _as_number(name: str, raw: Any) -> float:
+    if isinstance(raw, bool):
+        raise InputError(f"'{name}' must be a number, not {raw!r}")
+    if isinstance(raw, str):
+        try:
+            raw = float(raw.strip())
+        except ValueError:
+            raise InputError(f"'{name}' must be a number, not {raw!r}") from None
+    if not isinstance(raw, (int, float)):
+        raise InputError(f"'{name}' must be a number, not {type(raw).__name__}")
+    if not math.isfinite(raw):
+        raise InputError(f"'{name}' must be a finite number, not {raw!r}")
+    return raw
+
+
+def _fmt(x: float | None) -> str:
+    if x is None:
+        return "unbounded"
+    return str(int(x)) if float(x).is_integer() else repr(float(x))
+
+
+def _check_combination(request: BaseRequest) -> None:
+    if isinstance(request, OutpaintRequest):
+        if request.extend_before_duration <= 0 and request.extend_after_duration <= 0:
+            raise InputError("extend_before_duration and extend_after_duration are both 0; "
+                             "set at least one above 0 to extend the track")
+    if isinstance(request, InpaintRequest):
+        same_anchor = request.start_time_relative_to == request.end_time_relative_to
+        if same_anchor:
+            start, end = request.start_time, request.end_time
+            if request.start_time_relative_to == "end":
+                start, end = -start, -end
+            if end - start < MIN_EDIT_SECONDS:
+                raise InputError(_range_message(start, end, request))
+
+
+def resolve_range(request: InpaintRequest, source_seconds: float) -> tuple[float, float]:
+    """Absolute (start_s, end_s) of the edited range in a source of `source_seconds`."""
+    start = _absolute(request.start_time, request.start_time_relative_to, source_seconds)
+    end = _absolute(request.end_time, request.end_time_relative_to, source_seconds)
+    if start < 0:
+        raise InputError(f"start_time resolves to {start:.1f} s, before the start of the "
+                         f"{source_seconds:.1f} s source; lower start_time")
+    if end > source_seconds + 1e-6:
+        raise InputError(f"end_time resolves to {end:.1f} s, past the end of the "
+                         f"{source_seconds:.1f} s source; lower end_time or anchor it to the end")
+    if end - start < MIN_EDIT_SECONDS:
+        raise InputError(_range_message(start, end, request))
+    return start, min(end, source_seconds)
+
+
+def _absolute(value: float, anchor: str, source_seconds: float) -> float:
+    return source_seconds - value if anchor == "end" else value
+
+
+def _range_message(start: float, end: float, request: InpaintRequest) -> str:
+    where = "before" if end < start else "too close to"
+    shown_start, shown_end = abs(start), abs(end)
+    if request.start_time_relative_to == request.end_time_relative_to == "end":
+        return (f"end_time {shown_end:.1f} s from the end is {where} start_time {shown_start:.1f} s "
+                f"from the end; the edited range must be at least {MIN_EDIT_SECONDS:g} s long")
+    return (f"end_time resolves to {end:.1f} s, {where} start_time {start:.1f} s; the edited range "
+            f"must be at least {MIN_EDIT_SECONDS:g} s long")
+
+
+def resolve_seed(seed: int, rng: random.Random | None = None) -> int:
+    """The seed to use: `seed` itself, or a fresh one when it is -1."""
+    if seed >= 0:
+        return seed
+    return (rng or random.SystemRandom()).randint(0, SEED_MAX)
+
+
+def derive_retake_seed(seed: int) -> int:
+    """The retake seed used when none is given: the next seed, wrapping at the maximum."""
+    return (seed + 1) % (SEED_MAX + 1)
+
+
+def is_instrumental(lyrics: str) -> bool:
+    return lyrics.strip().lower() in INSTRUMENTAL_MARKERS

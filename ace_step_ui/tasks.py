@@ -1,0 +1,113 @@
+"""The one path from a request to a result, shared by the UI, the Gradio API, the CLI and the tests.
+
+1. validate the request (no heavy work before this passes);
+2. fetch and read the source audio, resolve the edited range against its duration;
+3. pick the seeds;
+4. load the model (first use only) and run the task on it, one job at a time;
+5. describe what ran: the seeds used, the values the engine applied, the parameters it ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from .audio import Audio, read_audio, write_audio
+from .engines import EngineManager, StepCallback
+from .remote import resolve_audio_source
+from .requests import (GenerateRequest, InpaintRequest, OutpaintRequest, SourceRequest,
+                       derive_retake_seed, parse_request, resolve_range, resolve_seed)
+
+APP_NAME = "ace_step_ui"
+
+
+@dataclass
+class Result:
+    audio: Audio
+    seed: int
+    params: dict[str, Any]
+
+
+def work_dir() -> Path:
+    """Where downloads and outputs go: under the system temp folder, which Gradio may serve."""
+    folder = Path(tempfile.gettempdir()) / APP_NAME
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def run(task: str, payload: Mapping[str, Any], manager: EngineManager, model: str,
+        on_step: StepCallback | None = None) -> Result:
+    request = parse_request(task, payload)
+    source = None
+    source_info: dict[str, Any] = {}
+    if isinstance(request, SourceRequest):
+        source = read_audio(resolve_audio_source(request.audio, work_dir()))
+        source_info = {"source": {"sample_rate": source.sample_rate, "channels": source.channels,
+                                  "duration_s": round(source.duration_s, 6)}}
+    edit_range: tuple[float, float] | None = None
+    if isinstance(request, InpaintRequest):
+        assert source is not None
+        edit_range = resolve_range(request, source.duration_s)
+        source_info["range_s"] = list(edit_range)
+
+    seed = resolve_seed(request.seed)
+    retake_seed = request.retake_seed if request.retake_seed >= 0 else derive_retake_seed(seed)
+
+    with manager.gpu_lock:
+        started = time.perf_counter()
+        engine = manager.get(model)
+        loaded = time.perf_counter()
+        step = manager.step_callback(on_step)
+        if isinstance(request, GenerateRequest):
+            output = engine.generate(request, seed, retake_seed, step)
+        elif isinstance(request, InpaintRequest):
+            assert source is not None and edit_range is not None
+            output = engine.inpaint(request, source, *edit_range, seed, retake_seed, step)
+        else:
+            assert isinstance(request, OutpaintRequest) and source is not None
+            output = engine.outpaint(request, source, seed, retake_seed, step)
+        finished = time.perf_counter()
+
+    honoured = engine.honoured(task)
+    params = {
+        **request.to_dict(),
+        "seed": seed,
+        "retake_seed": retake_seed,
+        "task": task,
+        "model": model,
+        **source_info,
+        "sample_rate": output.audio.sample_rate,
+        "channels": output.audio.channels,
+        "duration_s": round(output.audio.duration_s, 6),
+        "ignored_params": sorted(request.explicit - honoured),
+        "engine": output.effective,
+        "timings_s": {"load": round(loaded - started, 3), "run": round(finished - loaded, 3)},
+    }
+    return Result(output.audio, seed, params)
+
+
+def audio_metadata(result: Result) -> dict[str, Any]:
+    return {"tags": result.params["tags"], "lyrics": result.params["lyrics"], "seed": result.seed,
+            "params": result.params}
+
+
+def output_stem(result: Result) -> str:
+    tags = re.sub(r"[^a-z0-9]+", "-", result.params["tags"].lower()).strip("-")[:40] or "song"
+    return f"{result.params['task']}-{tags}-{result.seed}"
+
+
+def save_result(result: Result, directory: str | Path, fmt: str, stem: str | None = None) -> Path:
+    """Write the audio (with its metadata) and a JSON sidecar of the same stem; return the audio."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    stem = stem or output_stem(result)
+    path = write_audio(directory / f"{stem}.{fmt}", result.audio, fmt, audio_metadata(result))
+    sidecar = path.with_suffix(".json")
+    sidecar.write_text(json.dumps({**result.params, "audio_path": str(path)}, indent=2,
+                                  ensure_ascii=False))
+    return path

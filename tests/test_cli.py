@@ -1,0 +1,86 @@
+"""The CLI end to end, as a user runs it: a subprocess, files on disk, exit codes."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+
+from ace_step_ui.audio import read_audio, read_metadata
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def cli(*args, check_code=None):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-m", "ace_step_ui", *map(str, args)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=240)
+    if check_code is not None:
+        assert done.returncode == check_code, done.stderr
+    return done
+
+
+def test_generate_inpaint_outpaint_write_audio_and_a_sidecar(tiny_v15, tmp_path):
+    out = tmp_path / "out"
+    request = {"tags": "lofi, rhodes", "lyrics": "[inst]", "duration": 2, "seed": 11,
+               "number_of_steps": 2}
+    done = cli("run", "generate", "--input", json.dumps(request), "--output-dir", out, "--model",
+               tiny_v15, "--format", "wav", "--device", "cpu", check_code=0)
+    song = Path(done.stdout.strip())
+    assert song.parent == out and song.suffix == ".wav"
+    assert sf.info(song).subtype == "FLOAT" and sf.info(song).frames == 96000
+    sidecar = json.loads(song.with_suffix(".json").read_text())
+    assert sidecar["seed"] == 11 and sidecar["tags"] == "lofi, rhodes"
+    assert read_metadata(song)["seed"] == 11
+
+    inpaint = tmp_path / "inpaint.json"
+    inpaint.write_text(json.dumps({"audio": str(song), "tags": "jazz", "start_time": 0.5,
+                                   "end_time": 1.5, "seed": 4, "number_of_steps": 2}))
+    done = cli("run", "inpaint", "--input", f"@{inpaint}", "--output-dir", out, "--model",
+               tiny_v15, "--format", "flac", check_code=0)
+    edited = Path(done.stdout.strip())
+    assert edited.suffix == ".flac" and sf.info(edited).frames == 96000
+    assert sf.info(edited).subtype == "PCM_24"
+
+    done = cli("run", "outpaint", "--input",
+               json.dumps({"audio_url": str(song), "tags": "jazz", "extend_after_duration": 1,
+                           "seed": 4, "number_of_steps": 2}),
+               "--output-dir", out, "--model", tiny_v15, "--format", "mp3", check_code=0)
+    longer = read_audio(done.stdout.strip())
+    assert abs(longer.duration_s - 3.0) < 0.1
+
+
+@pytest.mark.parametrize("args, code, message", [
+    (["run", "generate", "--output-dir", "x"], 64, "the following arguments are required: --input"),
+    (["run", "remix", "--input", "{}", "--output-dir", "x"], 64, "invalid choice: 'remix'"),
+    (["run", "generate", "--input", "@/no/such.json", "--output-dir", "x"], 64, "cannot read"),
+    (["run", "generate", "--input", "{not json", "--output-dir", "x"], 65, "--input is not valid JSON"),
+    (["run", "generate", "--input", '{"tags": "x", "duration": 999}', "--output-dir", "x"], 65,
+     "'duration' must be between 1 and 240, not 999"),
+    (["run", "inpaint", "--input", '{"tags": "x", "audio": "/no/such.wav"}', "--output-dir", "x"],
+     65, "/no/such.wav"),
+])
+def test_bad_arguments_and_bad_input_exit_with_one_line(args, code, message, tmp_path):
+    done = cli(*args)
+    assert done.returncode == code
+    assert message in done.stderr
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_a_model_that_cannot_be_downloaded_exits_69_with_the_fix(tmp_path):
+    done = cli("run", "generate", "--input", '{"tags": "x", "duration": 1}', "--output-dir", tmp_path,
+               "--model", "ACE-Step/acestep-v15-xl-base-diffusers")
+    assert done.returncode == 69
+    assert "hf download ACE-Step/acestep-v15-xl-base-diffusers" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_tiny_writes_a_loadable_checkpoint(tmp_path):
+    done = cli("tiny", "v15", tmp_path / "tiny", "--variant", "base", check_code=0)
+    folder = Path(done.stdout.strip())
+    index = json.loads((folder / "model_index.json").read_text())
+    assert index["_class_name"] == "AceStepPipeline"
+    assert json.loads((folder / "transformer" / "config.json").read_text())["is_turbo"] is False
