@@ -24,10 +24,10 @@ FORMATS = ("wav", "flac", "mp3")
 
 
 class UsageError(Exception):
-    pass
+    """Bad command-line arguments: exit 64 with one line."""
 
 
-class _Parser(argparse.ArgumentParser):
+class UsageParser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # argparse exits 2; the hosted CLI uses 64
         raise UsageError(f"{self.prog}: {message}")
 
@@ -35,8 +35,8 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     from .engines import DEFAULT_MODEL
 
-    parser = _Parser(prog="python -m ace_step_ui", description="ACE-Step Playground command line")
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser = UsageParser(prog="python -m ace_step_ui", description="ACE-Step Playground command line")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=UsageParser)
     run = commands.add_parser("run", help="run generate, inpaint or outpaint")
     run.add_argument("task", choices=TASKS)
     run.add_argument("--input", required=True, help="the request as JSON, or @file.json")

@@ -11,9 +11,10 @@ from __future__ import annotations
 import gc
 import json
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Iterator, Protocol
 
 import torch
 
@@ -54,12 +55,17 @@ class Engine(Protocol):
 
 @dataclass(frozen=True)
 class Family:
-    """A model family: how to recognise its checkpoints and how to load one."""
+    """A model family: how to recognise, fetch and load its checkpoints, and what it honours."""
 
     name: str
     hub_ids: tuple[str, ...]
     is_checkpoint: Callable[[Path], bool]
-    load: Callable[[str, str, str], Engine]  # (model id or folder, device, dtype) -> Engine
+    # model id or folder -> a complete local checkpoint folder (downloading it if needed)
+    resolve: Callable[[str], Path]
+    # (checkpoint folder, model id, device, dtype) -> Engine
+    load: Callable[[Path, str, str, str], Engine]
+    # (model id or folder, task) -> the request parameters it applies, told without loading it
+    honoured: Callable[[str, str], frozenset[str]]
 
 
 _FAMILIES: list[Family] = []
@@ -138,7 +144,11 @@ def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
 
 
 class EngineManager:
-    """Holds at most one loaded engine and runs one job at a time on it."""
+    """Holds at most one loaded engine and runs one job at a time on it.
+
+    Jobs belong to an owner (a browser session, an API client); `cancel(owner)` stops that owner's
+    job at its next diffusion step, or before it starts if it is still waiting for the GPU.
+    """
 
     def __init__(self, device: str = "auto", dtype: str = "auto"):
         self.device = device
@@ -146,15 +156,19 @@ class EngineManager:
         self.gpu_lock = threading.Lock()
         self._engine: Engine | None = None
         self._engine_key: tuple[str, str, str] | None = None
-        self._cancel = threading.Event()
+        self._stops: dict[str, threading.Event] = {}
+        self._stops_lock = threading.Lock()
 
     def get(self, model: str) -> Engine:
         """The engine for `model`, loading it (and unloading the previous one) on first use."""
         key = (model, self.device, self.dtype)
         if self._engine_key != key:
-            self.unload()
             family = family_for(model)
-            self._engine = family.load(model, self.device, self.dtype)
+            # Find (or download) the new checkpoint first: a typo or an offline Hub id must not
+            # cost the model that is already loaded.
+            folder = family.resolve(model)
+            self.unload()
+            self._engine = family.load(folder, model, self.device, self.dtype)
             self._engine_key = key
         assert self._engine is not None
         return self._engine
@@ -166,19 +180,36 @@ class EngineManager:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
-    def cancel(self) -> None:
-        """Ask the running job to stop at its next diffusion step."""
-        self._cancel.set()
+    @contextmanager
+    def job(self, owner: str = "") -> Iterator[threading.Event]:
+        """Register a job of `owner` for its duration; the event is set when it should stop."""
+        stop = threading.Event()
+        with self._stops_lock:
+            self._stops[owner] = stop
+        try:
+            yield stop
+        finally:
+            with self._stops_lock:
+                if self._stops.get(owner) is stop:
+                    del self._stops[owner]
 
-    def step_callback(self, report: StepCallback | None) -> StepCallback:
-        """A per-step callback that reports progress and raises `Cancelled` when asked to stop."""
-        self._cancel.clear()
+    def cancel(self, owner: str = "") -> bool:
+        """Stop `owner`'s waiting or running job; False when it has none."""
+        with self._stops_lock:
+            stop = self._stops.get(owner)
+        if stop is None:
+            return False
+        stop.set()
+        return True
+
+    @staticmethod
+    def step_callback(report: StepCallback | None, stop: threading.Event) -> StepCallback:
+        """A per-step callback that reports progress and raises `Cancelled` once `stop` is set."""
 
         def on_step(step: int, total: int) -> None:
             if report is not None:
                 report(step, total)
-            if self._cancel.is_set():
-                self._cancel.clear()
+            if stop.is_set():
                 raise Cancelled(f"stopped by the user after step {step} of {total}")
 
         return on_step

@@ -19,6 +19,7 @@ from typing import Any, Mapping
 
 from .audio import Audio, read_audio, write_audio
 from .engines import EngineManager, StepCallback
+from .errors import Cancelled
 from .remote import resolve_audio_source
 from .requests import (GenerateRequest, InpaintRequest, OutpaintRequest, SourceRequest,
                        derive_retake_seed, parse_request, resolve_range, resolve_seed)
@@ -41,7 +42,7 @@ def work_dir() -> Path:
 
 
 def run(task: str, payload: Mapping[str, Any], manager: EngineManager, model: str,
-        on_step: StepCallback | None = None) -> Result:
+        on_step: StepCallback | None = None, owner: str = "") -> Result:
     request = parse_request(task, payload)
     source = None
     source_info: dict[str, Any] = {}
@@ -58,11 +59,13 @@ def run(task: str, payload: Mapping[str, Any], manager: EngineManager, model: st
     seed = resolve_seed(request.seed)
     retake_seed = request.retake_seed if request.retake_seed >= 0 else derive_retake_seed(seed)
 
-    with manager.gpu_lock:
+    with manager.job(owner) as stop, manager.gpu_lock:
+        if stop.is_set():
+            raise Cancelled("stopped by the user before it started")
         started = time.perf_counter()
         engine = manager.get(model)
         loaded = time.perf_counter()
-        step = manager.step_callback(on_step)
+        step = manager.step_callback(on_step, stop)
         if isinstance(request, GenerateRequest):
             output = engine.generate(request, seed, retake_seed, step)
         elif isinstance(request, InpaintRequest):

@@ -2,7 +2,7 @@
 
     python bench/tasks_tiny.py [--model DIR] [--repeats 3]
 
-Figures: `import app` time (fresh interpreter), app build + launch time, model load time, and the
+Figures: `import app` and `import ace_step_ui.ui` (gradio) times in a fresh interpreter, app build + launch time, model load time, and the
 best-of-N wall time of generate / inpaint / outpaint at the sizes below, on this machine's CPU.
 """
 
@@ -31,8 +31,8 @@ CASES = {
 }
 
 
-def import_seconds() -> float:
-    code = "import time; t = time.perf_counter(); import app; print(time.perf_counter() - t)"
+def import_seconds(module: str) -> float:
+    code = f"import time; t = time.perf_counter(); import {module}; print(time.perf_counter() - t)"
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
                           check=True)
     return float(done.stdout.strip().splitlines()[-1])
@@ -66,7 +66,8 @@ def main() -> None:
     sf.write(source, np.stack([0.3 * np.sin(2 * np.pi * 220 * t)] * 2, axis=1).astype("float32"), rate)
 
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} cores")
-    print(f"import app: {import_seconds():.2f} s (fresh interpreter)")
+    for module in ("app", "ace_step_ui.ui"):
+        print(f"import {module}: {import_seconds(module):.2f} s (fresh interpreter)")
 
     from ace_step_ui.ui import build_app
 

@@ -1,5 +1,7 @@
 import os
+import socket
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -35,3 +37,27 @@ def sine_wav(tmp_path) -> Path:
     path = tmp_path / "source.wav"
     sf.write(path, samples.astype("float32"), rate, subtype="FLOAT")
     return path
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def served(tiny_v15, tmp_path_factory):
+    """The app on the tiny checkpoint, launched on a free loopback port for one test module."""
+    from ace_step_ui.engines import EngineManager, known_models
+    from ace_step_ui.ui import build_app, launch_options
+
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("GRADIO_TEMP_DIR", str(tmp_path_factory.mktemp("gradio")))
+        manager = EngineManager(device="cpu")
+        demo = build_app(manager, str(tiny_v15), known_models())
+        _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1",
+                                server_port=free_port(), quiet=True, **launch_options())
+        try:
+            yield SimpleNamespace(url=url, manager=manager, demo=demo)
+        finally:
+            demo.close()

@@ -145,6 +145,39 @@ def test_one_model_is_resident_at_a_time(tiny_v15, tiny_v15_base):
     assert second is not first and second.variant == "base"
 
 
+def test_a_model_that_fails_to_resolve_keeps_the_resident_one(tiny_v15):
+    manager = EngineManager(device="cpu")
+    resident = manager.get(str(tiny_v15))
+    with pytest.raises(ModelUnavailableError):
+        manager.get("nobody/acestep-nonexistent")
+    assert manager.get(str(tiny_v15)) is resident
+
+
+def test_stop_before_the_gpu_is_free_cancels_without_running(tiny_v15):
+    manager = EngineManager(device="cpu")
+    with manager.job("someone") as stop:
+        assert manager.cancel("someone") and stop.is_set()
+    assert not manager.cancel("someone")  # the job is over: nothing to stop
+    with manager.gpu_lock:  # another job holds the GPU while this one waits
+        import threading
+
+        outcome = {}
+
+        def waiting_job():
+            try:
+                tasks.run("generate", {"tags": "x", "duration": 1}, manager, str(tiny_v15),
+                          owner="waiting")
+            except Cancelled as error:
+                outcome["error"] = str(error)
+
+        thread = threading.Thread(target=waiting_job)
+        thread.start()
+        while not manager.cancel("waiting"):
+            pass
+    thread.join(30)
+    assert outcome["error"] == "stopped by the user before it started"
+
+
 def test_a_hub_id_that_is_not_cached_offline_names_the_repo_and_the_fix(manager, monkeypatch,
                                                                          tmp_path):
     from huggingface_hub import constants

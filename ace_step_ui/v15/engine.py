@@ -79,18 +79,34 @@ def raise_not_v15(model: str, root: Path) -> None:
                                 f"(model_index.json does not name {PIPELINE_CLASS})")
 
 
-def load(model: str, device: str = "auto", dtype: str = "auto") -> "AceStep15Engine":
+def load(root: Path, model: str, device: str = "auto", dtype: str = "auto") -> "AceStep15Engine":
     from diffusers import AceStepPipeline
 
-    root = resolve(model)
     torch_device = pick_device(device)
     torch_dtype = pick_dtype(dtype, torch_device)
-    pipe = AceStepPipeline.from_pretrained(root, torch_dtype=torch_dtype).to(torch_device)
+    pipe = AceStepPipeline.from_pretrained(root, dtype=torch_dtype).to(torch_device)
     pipe.set_progress_bar_config(disable=True)
     return AceStep15Engine(pipe, model)
 
 
-register(Family(name="ACE-Step 1.5", hub_ids=HUB_IDS, is_checkpoint=is_checkpoint, load=load))
+def variant_of(model: str) -> str:
+    """turbo or base, told from a local folder's transformer config or else from the Hub id."""
+    root = local_checkpoint(model)
+    if root is not None:
+        config = read_json(root / "transformer" / "config.json")
+        turbo = bool(config.get("is_turbo")) or config.get("model_version") == "turbo"
+    else:
+        turbo = "turbo" in model.lower()
+    return "turbo" if turbo else "base"
+
+
+def honoured(variant: str, task: str) -> frozenset[str]:
+    """The request parameters a 1.5 `variant` applies for `task`."""
+    return COMMON | (GUIDED if variant == "base" else frozenset()) | TASK_PARAMS[task]
+
+
+register(Family(name="ACE-Step 1.5", hub_ids=HUB_IDS, is_checkpoint=is_checkpoint, resolve=resolve,
+                load=load, honoured=lambda model, task: honoured(variant_of(model), task)))
 
 
 def lyrics_for_v15(lyrics: str) -> str:
@@ -128,8 +144,7 @@ class AceStep15Engine:
         self.preset = PRESETS[self.variant]
 
     def honoured(self, task: str) -> frozenset[str]:
-        guided = GUIDED if self.variant == "base" else frozenset()
-        return COMMON | guided | TASK_PARAMS[task]
+        return honoured(self.variant, task)
 
     def generate(self, request: GenerateRequest, seed: int, retake_seed: int,
                  on_step: StepCallback) -> EngineOutput:

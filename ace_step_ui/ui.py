@@ -1,0 +1,400 @@
+"""The Gradio Blocks: tabs Generate, Inpaint and Outpaint over `tasks.run`, one GPU slot for all.
+
+Every parameter's component is built from `requests.schema(task)`, and each tab's event handler
+takes the hosted APIs' parameter names (plus `model` and `format`), so the named endpoints
+`/generate`, `/inpaint` and `/outpaint` accept the same keyword arguments as the hosted APIs.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import gradio as gr
+
+from . import tasks
+from .engines import EngineManager, family_for
+from .errors import Cancelled, InputError, ModelUnavailableError
+from .gpu import gpu
+from .requests import TASKS, parse_request, schema
+
+logger = logging.getLogger(__name__)
+
+FORMATS = ("wav", "flac", "mp3")
+PRESETS_FILE = Path(__file__).resolve().parent.parent / "examples" / "presets.json"
+QUEUE_SIZE = 32
+GPU_SECONDS = 120
+OUTPUT_TTL_S = 3600
+SOURCE_MAX_S = 240.0  # the hosted ranges of start_time, end_time and the extensions
+DESCRIPTIONS = {
+    "generate": "Generate a song from tags and lyrics.",
+    "inpaint": "Regenerate a time range of an uploaded track; the rest stays as it was.",
+    "outpaint": "Extend an uploaded track with new audio before and/or after it.",
+}
+LYRICS_HINT = ("Put section markers on their own lines: `[verse]`, `[chorus]`, `[bridge]`, "
+               "`[outro]`. Write just `[inst]` for an instrumental; leave blank to let the model "
+               "decide.")
+ADVANCED_NOTE = ("Only the parameters the selected model applies are shown. Values left at their "
+                 "defaults are not sent, so the model keeps its own presets (e.g. 8 steps on a "
+                 "turbo model); the result's params list what it ran with.")
+LABELS = {"tags": "Tags", "lyrics": "Lyrics", "seed": "Seed", "duration": "Duration (s)",
+          "audio": "Source audio", "start_time": "Start (s)", "end_time": "End (s)",
+          "start_time_relative_to": "Start measured from", "end_time_relative_to":
+          "End measured from", "variance": "Variance", "extend_before_duration":
+          "Extend before (s)", "extend_after_duration": "Extend after (s)"}
+
+
+def label(name: str) -> str:
+    return LABELS.get(name, name.replace("_", " ").capitalize())
+
+
+def advanced_params(task: str) -> list[str]:
+    return [name for name, spec in schema(task).items() if spec["advanced"]]
+
+
+def visible_advanced(model: str, task: str) -> list[str]:
+    """The Advanced parameters of `task` that `model` honours: the ones worth showing."""
+    advanced = advanced_params(task)
+    try:
+        applied = family_for(model).honoured(model, task)
+    except (InputError, ModelUnavailableError):
+        return advanced
+    return [name for name in advanced if name in applied]
+
+
+def load_presets(path: Path = PRESETS_FILE) -> list[dict[str, Any]]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        logger.warning("no examples: cannot read %s", path)
+        return []
+
+
+def source_seconds(path: str | None) -> float | None:
+    """The duration of an uploaded file, or None when it cannot be read cheaply."""
+    if not path:
+        return None
+    import soundfile
+
+    try:
+        return float(soundfile.info(path).duration)
+    except (RuntimeError, OSError, ValueError):
+        pass
+    try:
+        from .audio import read_audio
+
+        return read_audio(path).duration_s
+    except Exception:  # an unreadable upload is reported when the task runs
+        return None
+
+
+def _output_folder() -> Path:
+    """A fresh folder under the temp area for one result; folders older than an hour go."""
+    root = tasks.work_dir() / "outputs"
+    root.mkdir(parents=True, exist_ok=True)
+    cutoff = time.time() - OUTPUT_TTL_S
+    for old in root.iterdir():
+        if old.is_dir() and old.stat().st_mtime < cutoff:
+            shutil.rmtree(old, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=time.strftime("%Y%m%d-%H%M%S-"), dir=root))
+
+
+def _component(task: str, name: str, spec: dict[str, Any], **overrides: Any) -> gr.Component:
+    """The input component of one request parameter, from its schema entry."""
+    common = dict(label=label(name), info=spec["help"], elem_id=f"{task}-{name}")
+    common.update(overrides)
+    low, high, default = spec["minimum"], spec["maximum"], spec["default"]
+    if name == "audio":
+        common.pop("info")
+        return gr.Audio(type="filepath", sources=["upload"], editable=False,
+                        buttons=["download"], **common)
+    if spec["choices"]:
+        return gr.Radio(list(spec["choices"]), value=default, **common)
+    if spec["type"] == "str":
+        return gr.Textbox(value=default, **common)
+    if spec["type"] == "int" and high is not None and high - (low or 0) > 1000:
+        return gr.Number(value=default, precision=0, minimum=low, maximum=high, **common)
+    if spec["type"] == "int":
+        return gr.Slider(low, high, value=default, step=1, precision=0, **common)
+    step = 0.01 if high - low <= 1 else 0.1
+    return gr.Slider(low, high, value=default, step=step, **common)
+
+
+def _endpoint(task: str, run_on_gpu: Callable[..., Any]) -> Callable[..., Any]:
+    """The event handler of `task`, whose parameters are the hosted API's names (Gradio reads
+    them as the endpoint's keyword arguments) plus `model` and `format`."""
+    spec = schema(task)
+    names = [*spec, "model", "format"]
+    defaults = {name: spec[name]["default"] for name in advanced_params(task)}
+
+    def endpoint(*args: Any) -> tuple[str, int, dict[str, Any]]:
+        *values, request, progress = args
+        given = dict(zip(names, values))
+        model, fmt = given.pop("model"), given.pop("format")
+        # Advanced values at their defaults stay unset, so the engine keeps its own presets.
+        payload = {name: value for name, value in given.items()
+                   if not (name in defaults and value == defaults[name])}
+        try:
+            if not model or not str(model).strip():
+                raise InputError("choose a model: a Hub id or a checkpoint folder")
+            if fmt not in FORMATS:
+                raise InputError(f"format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+            parse_request(task, payload)  # fail fast, before a GPU slot is taken
+        except InputError as error:
+            raise gr.Error(str(error), print_exception=False) from None
+        return run_on_gpu(task, payload, str(model).strip(), fmt, _owner(request), progress)
+
+    positional = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    parameters = [inspect.Parameter(name, positional) for name in names]
+    # Gradio fills these two itself: the request by its annotation, the progress by its default.
+    parameters.append(inspect.Parameter("request", positional, annotation=gr.Request))
+    parameters.append(inspect.Parameter("progress", positional,
+                                        default=gr.Progress(track_tqdm=True)))
+    endpoint.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+    endpoint.__annotations__ = {"request": gr.Request}
+    endpoint.__name__ = endpoint.__qualname__ = task
+    helps = {**{name: s["help"] for name, s in spec.items()},
+             "model": "Hub model id or checkpoint folder.", "format": "wav, flac or mp3."}
+    endpoint.__doc__ = (DESCRIPTIONS[task] + "\n\nArgs:\n"
+                        + "\n".join(f"    {name}: {helps[name]}" for name in names))
+    return endpoint
+
+
+def _gpu_runner(manager: EngineManager) -> Callable[..., tuple[str, int, dict[str, Any]]]:
+    @gpu(duration=GPU_SECONDS)
+    def run_on_gpu(task: str, payload: dict[str, Any], model: str, fmt: str, owner: str,
+                   progress: gr.Progress) -> tuple[str, int, dict[str, Any]]:
+        def on_step(step: int, total: int) -> None:
+            progress((step, total), desc="diffusion step")
+
+        try:
+            result = tasks.run(task, payload, manager, model, on_step, owner)
+            path = tasks.save_result(result, _output_folder(), fmt)
+        except Cancelled as error:
+            raise gr.Error(str(error), title="Stopped", print_exception=False) from None
+        except (InputError, ModelUnavailableError) as error:
+            raise gr.Error(str(error), print_exception=False) from None
+        except Exception as error:  # a bug, not bad input: Gradio logs the traceback
+            raise gr.Error(f"{task} failed unexpectedly ({type(error).__name__}: {error}); the "
+                           f"server log has the details") from error
+        return str(path), result.seed, result.params
+
+    return run_on_gpu
+
+
+def _owner(request: gr.Request | None) -> str:
+    """Whose job it is: the browser session or API client, so Stop only stops one's own."""
+    return getattr(request, "session_hash", None) or ""
+
+
+def _stopper(manager: EngineManager) -> Callable[[gr.Request], None]:
+    def stop(request: gr.Request) -> None:
+        if not manager.cancel(_owner(request)):
+            gr.Info("Nothing of yours is running.")
+
+    return stop
+
+
+def _playhead(audio: gr.Audio) -> tuple[float, str]:
+    """The source player's playhead, in seconds from the start."""
+    if not audio.value:
+        raise gr.Error("upload the source audio first, then click its waveform to place the "
+                       "playhead", print_exception=False)
+    return round(float(audio.playback_position), 2), "start"
+
+
+def _fit_range(path: str | None, start: float, end: float) -> tuple[Any, Any]:
+    """On a new source: sliders up to its length, and an end that lies inside it."""
+    seconds = source_seconds(path)
+    if seconds is None:
+        return gr.Slider(maximum=SOURCE_MAX_S), gr.Slider(maximum=SOURCE_MAX_S)
+    top = round(min(SOURCE_MAX_S, seconds), 2)
+    # Values already inside are left alone, so a value typed meanwhile is never overwritten.
+    return tuple(gr.Slider(maximum=top) if value is not None and value <= top
+                 else gr.Slider(maximum=top, value=top) for value in (start, end))
+
+
+def _send_to(task: str) -> Callable[[str | None, str, str], tuple[Any, ...]]:
+    """A result, with its tags and lyrics, becomes the source of `task`'s tab, which opens."""
+    def send(audio: str | None, tags: str, lyrics: str) -> tuple[Any, ...]:
+        if not audio:
+            raise gr.Error("there is no result yet to send", print_exception=False)
+        return audio, tags, lyrics, gr.Tabs(selected=task)
+
+    return send
+
+
+class _Tab:
+    """One task's components: inputs by parameter name, and the outputs."""
+
+    def __init__(self, task: str):
+        self.task = task
+        self.spec = schema(task)
+        self.inputs: dict[str, gr.Component] = {}
+
+    def add(self, name: str, **overrides: Any) -> gr.Component:
+        self.inputs[name] = _component(self.task, name, self.spec[name], **overrides)
+        return self.inputs[name]
+
+    def song_fields(self) -> None:
+        self.add("tags", lines=2, placeholder="e.g. funk, slap bass, brass section, 100 bpm")
+        self.add("lyrics", lines=8, info=LYRICS_HINT,
+                 placeholder="[verse]\nFirst line of the verse\n\n[chorus]\nThe hook")
+
+    def seed_field(self) -> None:
+        with gr.Row(equal_height=True):
+            self.add("seed", scale=4)
+            self.dice = gr.Button("🎲 Random", scale=0, min_width=110, size="sm",
+                                  elem_id=f"{self.task}-random-seed")
+        self.dice.click(lambda: -1, None, self.inputs["seed"], queue=False,
+                        api_visibility="private")
+
+    def advanced(self, model: str) -> None:
+        visible = visible_advanced(model, self.task)
+        with gr.Accordion("Advanced", open=False, elem_id=f"{self.task}-advanced"):
+            gr.Markdown(ADVANCED_NOTE)
+            for name in advanced_params(self.task):
+                self.add(name, visible=name in visible)
+
+    def song_controls(self, model: str, before_seed: tuple[str, ...] = ()) -> None:
+        """What every tab ends its inputs with: the song, the seed, Advanced and the buttons."""
+        self.song_fields()
+        for name in before_seed:
+            self.add(name)
+        self.seed_field()
+        self.advanced(model)
+        self.buttons()
+
+    def buttons(self) -> None:
+        with gr.Row():
+            self.run = gr.Button(self.task.capitalize(), variant="primary", scale=3,
+                                 elem_id=f"{self.task}-run")
+            self.stop = gr.Button("Stop", variant="stop", scale=1, elem_id=f"{self.task}-stop")
+
+    def outputs(self) -> None:
+        self.result = gr.Audio(label="Result", type="filepath", interactive=False,
+                               buttons=["download"], elem_id=f"{self.task}-result")
+        with gr.Row(equal_height=True):
+            self.seed_used = gr.Number(None, label="Seed used", precision=0, interactive=False,
+                                       elem_id=f"{self.task}-seed-used", scale=4)
+            self.reuse = gr.Button("Reuse seed", scale=0, min_width=110, size="sm",
+                                   elem_id=f"{self.task}-reuse-seed")
+        with gr.Row():
+            self.to_inpaint = gr.Button("Edit in Inpaint", size="sm",
+                                        elem_id=f"{self.task}-to-inpaint")
+            self.to_outpaint = gr.Button("Extend in Outpaint", size="sm",
+                                         elem_id=f"{self.task}-to-outpaint")
+        self.params = gr.JSON(label="Params", height=360, elem_id=f"{self.task}-params")
+        self.reuse.click(lambda seed: seed, self.seed_used, self.inputs["seed"], queue=False,
+                         api_visibility="private")
+
+    def ordered_inputs(self) -> list[gr.Component]:
+        return [self.inputs[name] for name in self.spec]
+
+
+def build_app(manager: EngineManager, default_model: str, models: list[str]) -> gr.Blocks:
+    """The playground: one tab per task, a shared model selector and output format."""
+    choices = list(dict.fromkeys([default_model, *models]))
+    run_on_gpu = _gpu_runner(manager)
+    tabs: dict[str, _Tab] = {task: _Tab(task) for task in TASKS}
+
+    with gr.Blocks(title="ACE-Step Playground", delete_cache=(OUTPUT_TTL_S, OUTPUT_TTL_S)) as demo:
+        gr.Markdown("# ACE-Step Playground\nGenerate a song from tags and lyrics, regenerate part "
+                    "of a track (Inpaint) or extend it (Outpaint) with ACE-Step.")
+        with gr.Row():
+            model = gr.Dropdown(choices, value=default_model, label="Model",
+                                allow_custom_value=True, elem_id="model", scale=3,
+                                info="A Hub id or a checkpoint folder; it loads on the first run "
+                                     "(downloading it if needed).")
+            fmt = gr.Radio(list(FORMATS), value="wav", label="Format",
+                           info="File format of the result.", elem_id="format", scale=1)
+
+        with gr.Tabs() as tab_group:
+            with gr.Tab("Generate", id="generate"):
+                tab = tabs["generate"]
+                with gr.Row():
+                    with gr.Column(scale=3):
+                        tab.song_controls(default_model, before_seed=("duration",))
+                    with gr.Column(scale=2):
+                        tab.outputs()
+                presets = load_presets()
+                if presets:
+                    gr.Examples([[p["tags"], p["lyrics"], p["duration"]] for p in presets],
+                                [tab.inputs["tags"], tab.inputs["lyrics"], tab.inputs["duration"]],
+                                example_labels=[p["name"] for p in presets], cache_examples=False,
+                                preload=False, api_visibility="private", label="Presets")
+
+            with gr.Tab("Inpaint", id="inpaint"):
+                tab = tabs["inpaint"]
+                with gr.Row():
+                    with gr.Column(scale=3):
+                        source = tab.add("audio")
+                        with gr.Row():
+                            start_here = gr.Button("Start = playhead", size="sm",
+                                                   elem_id="inpaint-start-playhead")
+                            end_here = gr.Button("End = playhead", size="sm",
+                                                 elem_id="inpaint-end-playhead")
+                        with gr.Row():
+                            start = tab.add("start_time", scale=3)
+                            start_anchor = tab.add("start_time_relative_to", scale=2)
+                        with gr.Row():
+                            end = tab.add("end_time", scale=3)
+                            end_anchor = tab.add("end_time_relative_to", scale=2)
+                        tab.add("variance")
+                        tab.song_controls(default_model)
+                    with gr.Column(scale=2):
+                        tab.outputs()
+                start_here.click(_playhead, source, [start, start_anchor], queue=False,
+                                 api_visibility="private")
+                end_here.click(_playhead, source, [end, end_anchor], queue=False,
+                               api_visibility="private")
+                source.change(_fit_range, [source, start, end], [start, end], queue=False,
+                              api_visibility="private")
+
+            with gr.Tab("Outpaint", id="outpaint"):
+                tab = tabs["outpaint"]
+                with gr.Row():
+                    with gr.Column(scale=3):
+                        tab.add("audio")
+                        with gr.Row():
+                            tab.add("extend_before_duration")
+                            tab.add("extend_after_duration")
+                        tab.song_controls(default_model)
+                    with gr.Column(scale=2):
+                        tab.outputs()
+
+        for task, tab in tabs.items():
+            tab.run.click(_endpoint(task, run_on_gpu), [*tab.ordered_inputs(), model, fmt],
+                          [tab.result, tab.seed_used, tab.params], api_name=task,
+                          concurrency_id="gpu", concurrency_limit=1)
+            tab.stop.click(_stopper(manager), None, None, queue=False, api_visibility="private")
+            for button, target in ((tab.to_inpaint, "inpaint"), (tab.to_outpaint, "outpaint")):
+                to = tabs[target].inputs
+                button.click(_send_to(target),
+                             [tab.result, tab.inputs["tags"], tab.inputs["lyrics"]],
+                             [to["audio"], to["tags"], to["lyrics"], tab_group], queue=False,
+                             api_visibility="private")
+
+        advanced = [tab.inputs[name] for tab in tabs.values() for name in advanced_params(tab.task)]
+
+        def show_honoured(chosen: str) -> list[Any]:
+            shown = {task: visible_advanced(chosen or "", task) for task in tabs}
+            return [gr.update(visible=name in shown[task])
+                    for task in tabs for name in advanced_params(task)]
+
+        model.change(show_honoured, model, advanced, queue=False, api_visibility="private")
+
+    demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=1)
+    return demo
+
+
+def launch_options() -> dict[str, Any]:
+    """`launch()` keywords that belong to the app's look and limits rather than to where it runs."""
+    return dict(theme=gr.themes.Soft(), footer_links=["api", "gradio", "settings"],
+                max_file_size="200mb")

@@ -1,0 +1,72 @@
+"""Start the ACE-Step Playground: read the options, build the UI, launch.
+
+    python app.py [--model ID_OR_FOLDER] [--share] [--auth user:pass] [--server-name HOST]
+                  [--port N] [--device auto|cpu|cuda|mps] [--dtype auto|float32|bfloat16|float16]
+
+Models load on the first request, so the app starts even when the model is not downloaded yet.
+"""
+
+from __future__ import annotations
+
+from ace_step_ui import gpu  # noqa: F401  (imports `spaces` before torch, as ZeroGPU requires)
+
+import os
+import sys
+
+from ace_step_ui.cli import EXIT_USAGE, UsageError, UsageParser
+from ace_step_ui.engines import DEFAULT_MODEL, EngineManager, known_models, pick_device
+from ace_step_ui.errors import InputError, ModelUnavailableError
+
+def credentials(value: str) -> tuple[str, str]:
+    user, sep, password = value.partition(":")
+    if not sep or not user or not password:
+        raise UsageError(f"app.py: --auth must be user:password, not {value!r}")
+    return user, password
+
+
+def build_parser() -> UsageParser:
+    parser = UsageParser(prog="app.py", description="ACE-Step Playground web app")
+    parser.add_argument("--model", default=DEFAULT_MODEL,
+                        help=f"Hub model id or checkpoint folder (default {DEFAULT_MODEL})")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    parser.add_argument("--dtype", default="auto",
+                        choices=("auto", "float32", "bfloat16", "float16"))
+    parser.add_argument("--share", action="store_true", help="create a public gradio.live link")
+    parser.add_argument("--auth", action="append", default=[], metavar="USER:PASS",
+                        help="require a login; repeat for more users")
+    parser.add_argument("--server-name", default=None,
+                        help="address to listen on (default: $GRADIO_SERVER_NAME or 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=None,
+                        help="port (default: $GRADIO_SERVER_PORT or the first free from 7860)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        users = [credentials(value) for value in args.auth]
+        pick_device(args.device)  # an unusable --device is a start-up error, not a first-run one
+    except UsageError as error:
+        print(error, file=sys.stderr)
+        return EXIT_USAGE
+    except InputError as error:
+        print(f"app.py: {error}", file=sys.stderr)
+        return EXIT_USAGE
+
+    from ace_step_ui.ui import build_app, launch_options
+
+    manager = EngineManager(device=args.device, dtype=args.dtype)
+    if os.getenv("SPACES_ZERO_GPU") == "true":
+        # ZeroGPU wants the weights placed at start-up; GPU calls run in forked workers.
+        try:
+            manager.get(args.model)
+        except ModelUnavailableError as error:
+            print(f"warning: {error}; it will load on the first request", file=sys.stderr)
+    demo = build_app(manager, args.model, known_models())
+    demo.launch(share=args.share, auth=users or None, server_name=args.server_name,
+                server_port=args.port, **launch_options())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

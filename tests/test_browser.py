@@ -1,0 +1,172 @@
+"""The app in a real Chromium: fill each tab, run it, and check what a musician sees.
+
+Needs /usr/bin/chromium (Debian's package); a missing browser fails these tests rather than
+skipping them. Screenshots of each tab land in the test's tmp_path.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import soundfile
+from playwright.sync_api import Page, expect, sync_playwright
+
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--disable-background-networking", "--disable-component-update", "--no-first-run",
+                 "--mute-audio"]
+RESULT_TIMEOUT_MS = 60_000
+AUDIO_MAGIC = (b"RIFF", b"fLaC", b"ID3")
+
+
+@pytest.fixture(scope="module")
+def app_url(served) -> str:
+    return served.url
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                              args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@pytest.fixture
+def page(browser, app_url) -> Page:
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(app_url, wait_until="networkidle")
+    yield page
+    page.close()
+
+
+def fill_text(page: Page, elem_id: str, text: str) -> None:
+    page.locator(f"#{elem_id} textarea").fill(text)
+
+
+def fill_number(page: Page, elem_id: str, value: float) -> None:
+    """A Slider's or Number's box: type the value and leave the field so Gradio takes it."""
+    box = page.locator(f"#{elem_id} input[type=number]")
+    box.fill(str(value))
+    box.press("Tab")
+
+
+def number_in(page: Page, elem_id: str) -> float:
+    return float(page.locator(f"#{elem_id} input[type=number]").input_value())
+
+
+def fast_steps(page: Page, task: str) -> None:
+    page.locator(f"#{task}-advanced").get_by_text("Advanced").click()
+    fill_number(page, f"{task}-number_of_steps", 2)
+
+
+def seconds(path) -> str:
+    return f"{soundfile.info(str(path)).duration:g}"
+
+
+def upload_source(page: Page, task: str, path) -> None:
+    page.locator(f"#{task}-audio input[type=file]").set_input_files(str(path))
+    expect(page.locator(f"#{task}-audio a[download]")).to_have_count(1, timeout=15_000)
+    if task == "inpaint":  # the range fits itself to the upload: the end (30 s) moves inside
+        expect(page.locator("#inpaint-end_time input[type=number]")).to_have_value(seconds(path))
+
+
+def run_and_check_result(page: Page, task: str) -> int:
+    """Click the tab's run button; the result must be a served audio file and the seed shown."""
+    page.locator(f"#{task}-run").click()
+    link = page.locator(f"#{task}-result a[download]")
+    expect(link).to_have_count(1, timeout=RESULT_TIMEOUT_MS)
+    response = page.request.get(link.get_attribute("href"))
+    assert response.ok
+    body = response.body()
+    assert len(body) > 1000 and body[:4].startswith(AUDIO_MAGIC), body[:16]
+    seed = page.locator(f"#{task}-seed-used input")
+    expect(seed).to_have_value(re.compile(r"^\d+$"))
+    return int(seed.input_value())
+
+
+def test_generate_tab(page, tmp_path):
+    page.get_by_role("button", name="Lo-fi study beat").click()
+    expect(page.locator("#generate-tags textarea")).to_have_value(re.compile("lofi hip hop"))
+    fill_text(page, "generate-tags", "lofi, rhodes, vinyl crackle")
+    fill_text(page, "generate-lyrics", "[inst]")
+    fill_number(page, "generate-duration", 2)
+    fill_number(page, "generate-seed", 42)
+    fast_steps(page, "generate")
+    assert run_and_check_result(page, "generate") == 42
+    expect(page.locator("#generate-params")).to_contain_text("generate")
+    page.screenshot(path=tmp_path / "generate.png", full_page=True)
+
+    page.locator("#generate-to-inpaint").click()  # the result becomes the Inpaint source
+    expect(page.get_by_role("tab", name="Inpaint")).to_have_attribute("aria-selected", "true")
+    expect(page.locator("#inpaint-audio a[download]")).to_have_count(1)
+    expect(page.locator("#inpaint-tags textarea")).to_have_value("lofi, rhodes, vinyl crackle")
+    expect(page.locator("#inpaint-end_time input[type=number]")).to_have_value("2")
+
+
+def test_inpaint_tab(page, sine_wav, tmp_path):
+    page.get_by_role("tab", name="Inpaint").click()
+    upload_source(page, "inpaint", sine_wav)
+    assert page.locator("#inpaint-end_time input[type=range]").get_attribute("max") == seconds(
+        sine_wav)
+    fill_number(page, "inpaint-start_time", 1)
+    fill_number(page, "inpaint-end_time", 3)
+    fill_text(page, "inpaint-tags", "lofi")
+    fast_steps(page, "inpaint")
+    run_and_check_result(page, "inpaint")
+    page.screenshot(path=tmp_path / "inpaint.png", full_page=True)
+
+
+def test_playhead_sets_the_start(page, sine_wav):
+    page.get_by_role("tab", name="Inpaint").click()
+    upload_source(page, "inpaint", sine_wav)
+    length = soundfile.info(str(sine_wav)).duration
+    expect(page.locator("#inpaint-audio #duration")).to_have_text(f"0:{length:02.0f}")  # drawn
+    box = page.locator("#inpaint-audio #waveform").bounding_box()
+    page.mouse.click(box["x"] + box["width"] * 0.75, box["y"] + box["height"] / 2)
+    page.locator("#inpaint-start-playhead").click()
+    expect(page.locator("#inpaint-start_time input[type=number]")).not_to_have_value("0")
+    assert number_in(page, "inpaint-start_time") == pytest.approx(0.75 * length, abs=0.3)
+
+
+def test_outpaint_tab(page, sine_wav, tmp_path):
+    page.get_by_role("tab", name="Outpaint").click()
+    upload_source(page, "outpaint", sine_wav)
+    fill_number(page, "outpaint-extend_after_duration", 2)
+    fill_text(page, "outpaint-tags", "lofi")
+    fast_steps(page, "outpaint")
+    run_and_check_result(page, "outpaint")
+    page.screenshot(path=tmp_path / "outpaint.png", full_page=True)
+
+
+def test_bad_range_shows_the_message_and_keeps_the_inputs(page, sine_wav, tmp_path):
+    page.get_by_role("tab", name="Inpaint").click()
+    upload_source(page, "inpaint", sine_wav)
+    fill_number(page, "inpaint-start_time", 3)
+    fill_number(page, "inpaint-end_time", 2)
+    fill_text(page, "inpaint-tags", "dream pop, shoegaze")
+    page.locator("#inpaint-run").click()
+    expect(page.get_by_text("before start_time 3.0 s")).to_be_visible(timeout=15_000)
+    page.screenshot(path=tmp_path / "inpaint-error.png", full_page=True)
+    assert number_in(page, "inpaint-start_time") == 3
+    assert number_in(page, "inpaint-end_time") == 2
+    expect(page.locator("#inpaint-tags textarea")).to_have_value("dream pop, shoegaze")
+    expect(page.locator("#inpaint-audio a[download]")).to_have_count(1)
+    expect(page.locator("#inpaint-result a[download]")).to_have_count(0)
+
+
+def test_advanced_follows_the_selected_model(page):
+    page.locator("#generate-advanced").get_by_text("Advanced").click()
+    expect(page.locator("#generate-number_of_steps")).to_be_visible()
+    expect(page.locator("#generate-guidance_scale")).to_be_hidden()  # the tiny model is turbo
+    page.locator("#model input").click()
+    page.get_by_role("option", name="ACE-Step/acestep-v15-xl-base-diffusers").click()
+    expect(page.locator("#generate-guidance_scale")).to_be_visible()
+    expect(page.locator("#generate-scheduler")).to_be_hidden()  # no engine applies it yet
