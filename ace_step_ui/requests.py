@@ -23,6 +23,7 @@ SEED_MAX = 2147483647
 TASKS = ("generate", "inpaint", "outpaint")
 INSTRUMENTAL_MARKERS = ("[inst]", "[instrumental]")
 MIN_EDIT_SECONDS = 1.0
+MAX_EDIT_SECONDS = 240.0  # the hosted APIs' per-call limit
 
 
 def _param(default: Any, help: str, *, minimum: float | None = None, maximum: float | None = None,
@@ -243,6 +244,9 @@ def resolve_range(request: InpaintRequest, source_seconds: float) -> tuple[float
                          f"{source_seconds:.1f} s source; lower end_time or anchor it to the end")
     if end - start < MIN_EDIT_SECONDS:
         raise InputError(_range_message(start, end, request))
+    if end - start > MAX_EDIT_SECONDS:
+        raise InputError(f"the edited range {start:.1f}–{end:.1f} s is {end - start:.1f} s long; at "
+                         f"most {MAX_EDIT_SECONDS:g} s can be regenerated in one call: narrow it")
     return start, min(end, source_seconds)
 
 

@@ -77,18 +77,23 @@ def run(task: str, payload: Mapping[str, Any], manager: EngineManager, model: st
         finished = time.perf_counter()
 
     honoured = engine.honoured(task)
+    sent = request.to_dict()
     params = {
-        **request.to_dict(),
-        "seed": seed,
-        "retake_seed": retake_seed,
         "task": task,
         "model": model,
+        "tags": request.tags,
+        "lyrics": request.lyrics,
+        "seed": seed,
+        "retake_seed": retake_seed,
+        "engine": output.effective,
+        "ignored_params": sorted(request.explicit - honoured),
+        # What was sent, and only that: with "seed" set to the seed used it replays the same song,
+        # where the hosted defaults of the rest would override the model's own presets.
+        "request": {name: sent[name] for name in sent if name in request.explicit},
         **source_info,
         "sample_rate": output.audio.sample_rate,
         "channels": output.audio.channels,
         "duration_s": round(output.audio.duration_s, 6),
-        "ignored_params": sorted(request.explicit - honoured),
-        "engine": output.effective,
         "timings_s": {"load": round(loaded - started, 3), "run": round(finished - loaded, 3)},
     }
     return Result(output.audio, seed, params)

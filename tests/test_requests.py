@@ -140,6 +140,8 @@ def test_relative_times_resolve_against_the_source(fields, duration, expected):
     ({"start_time": 20, "end_time": 15, "end_time_relative_to": "end"}, 30,
      r"end_time resolves to 15\.0 s, before start_time 20\.0 s"),
     ({"start_time": 10, "end_time": 10.5}, 30, r"too close to start_time 10\.0 s"),
+    ({"start_time": 0, "end_time": 0, "end_time_relative_to": "end"}, 600,
+     r"is 600\.0 s long; at most 240 s can be regenerated in one call"),
 ])
 def test_ranges_that_do_not_fit_the_source_are_rejected(fields, duration, message):
     with pytest.raises(InputError, match=message):

@@ -33,10 +33,12 @@ def test_generate_has_the_asked_length_and_the_seed_reproduces_it(manager, tiny_
     assert first.params["seed"] == 7 and first.params["duration_s"] == 2.5
 
 
-def test_a_random_seed_is_drawn_and_reported(manager, tiny_v15):
-    result = run(manager, tiny_v15, "generate", duration=1.0)
+def test_a_random_seed_is_drawn_and_reported_and_the_params_replay_the_song(manager, tiny_v15):
+    result = tasks.run("generate", {"tags": "lofi", "duration": 1.0}, manager, str(tiny_v15))
     assert 0 <= result.seed <= 2147483647 and result.params["seed"] == result.seed
-    replay = run(manager, tiny_v15, "generate", duration=1.0, seed=result.seed)
+    assert result.params["request"] == {"tags": "lofi", "duration": 1.0}
+    replay = tasks.run("generate", {**result.params["request"], "seed": result.params["seed"]},
+                       manager, str(tiny_v15))
     assert torch.equal(result.audio.samples, replay.audio.samples)
 
 
