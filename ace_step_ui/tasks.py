@@ -84,7 +84,7 @@ def run(task: str, payload: Mapping[str, Any], manager: EngineManager, model: st
         "tags": request.tags,
         "lyrics": request.lyrics,
         "seed": seed,
-        "retake_seed": retake_seed,
+        **({"retake_seed": retake_seed} if "retake_seed" in honoured else {}),
         "engine": output.effective,
         "ignored_params": sorted(request.explicit - honoured),
         # What was sent, and only that: with "seed" set to the seed used it replays the same song,

@@ -31,6 +31,7 @@ def test_generate_has_the_asked_length_and_the_seed_reproduces_it(manager, tiny_
     assert torch.equal(first.audio.samples, again.audio.samples)
     assert not torch.equal(first.audio.samples, other.audio.samples)
     assert first.params["seed"] == 7 and first.params["duration_s"] == 2.5
+    assert "retake_seed" not in first.params  # generate on 1.5 draws no second noise
 
 
 def test_a_random_seed_is_drawn_and_reported_and_the_params_replay_the_song(manager, tiny_v15):
@@ -73,6 +74,7 @@ def test_inpaint_keeps_every_sample_outside_the_range(manager, tiny_v15, sine_wa
     assert torch.equal(out.samples[:, end:], source.samples[:, end:])
     assert not torch.allclose(out.samples[:, start:end], source.samples[:, start:end], atol=1e-3)
     assert result.params["range_s"] == [2.0, 3.5]
+    assert result.params["retake_seed"] == 4  # derived from seed 3: the variance noise
 
 
 def test_inpaint_relative_to_end_on_a_mono_file(manager, tiny_v15, tmp_path):
