@@ -14,8 +14,9 @@ import os
 import sys
 
 from ace_step_ui.cli import EXIT_USAGE, UsageError, UsageParser
-from ace_step_ui.engines import DEFAULT_MODEL, EngineManager, known_models, pick_device
+from ace_step_ui.engines import DEFAULT_MODEL, DTYPES, EngineManager, known_models, pick_device
 from ace_step_ui.errors import InputError, ModelUnavailableError
+
 
 def credentials(value: str) -> tuple[str, str]:
     user, sep, password = value.partition(":")
@@ -30,7 +31,7 @@ def build_parser() -> UsageParser:
                         help=f"Hub model id or checkpoint folder (default {DEFAULT_MODEL})")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     parser.add_argument("--dtype", default="auto",
-                        choices=("auto", "float32", "bfloat16", "float16"))
+                        choices=("auto", *DTYPES))
     parser.add_argument("--share", action="store_true", help="create a public gradio.live link")
     parser.add_argument("--auth", action="append", default=[], metavar="USER:PASS",
                         help="require a login; repeat for more users")
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         # ZeroGPU wants the weights placed at start-up; GPU calls run in forked workers.
         try:
             manager.get(args.model)
-        except ModelUnavailableError as error:
+        except (InputError, ModelUnavailableError) as error:
             print(f"warning: {error}; it will load on the first request", file=sys.stderr)
     demo = build_app(manager, args.model, known_models())
     demo.launch(share=args.share, auth=users or None, server_name=args.server_name,

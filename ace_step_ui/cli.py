@@ -16,11 +16,13 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from . import tasks
+from .audio import FORMATS
+from .engines import DEFAULT_MODEL, DTYPES, EngineManager
 from .errors import Cancelled, InputError, ModelUnavailableError
 from .requests import TASKS
 
 EXIT_OK, EXIT_USAGE, EXIT_DATA, EXIT_UNAVAILABLE, EXIT_STOPPED = 0, 64, 65, 69, 130
-FORMATS = ("wav", "flac", "mp3")
 
 
 class UsageError(Exception):
@@ -33,8 +35,6 @@ class UsageParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .engines import DEFAULT_MODEL
-
     parser = UsageParser(prog="python -m ace_step_ui", description="ACE-Step Playground command line")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=UsageParser)
     run = commands.add_parser("run", help="run generate, inpaint or outpaint")
@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--model", default=DEFAULT_MODEL, help="Hub model id or checkpoint folder")
     run.add_argument("--format", default="wav", choices=FORMATS)
     run.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    run.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
+    run.add_argument("--dtype", default="auto", choices=("auto", *DTYPES))
     tiny = commands.add_parser("tiny", help="write a tiny random-weight checkpoint, offline")
     tiny.add_argument("family", choices=("v15",))
     tiny.add_argument("folder", type=Path)
@@ -89,9 +89,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    from . import tasks
-    from .engines import EngineManager
-
     payload = read_input(args.input)
     manager = EngineManager(device=args.device, dtype=args.dtype)
     result = tasks.run(args.task, payload, manager, args.model, on_step=_print_step)

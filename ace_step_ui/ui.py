@@ -19,6 +19,7 @@ from typing import Any, Callable
 import gradio as gr
 
 from . import tasks
+from .audio import FORMATS
 from .engines import EngineManager, family_for
 from .errors import Cancelled, InputError, ModelUnavailableError
 from .gpu import gpu
@@ -26,7 +27,6 @@ from .requests import TASKS, parse_request, schema
 
 logger = logging.getLogger(__name__)
 
-FORMATS = ("wav", "flac", "mp3")
 PRESETS_FILE = Path(__file__).resolve().parent.parent / "examples" / "presets.json"
 QUEUE_SIZE = 32
 GPU_SECONDS = 120
