@@ -2,7 +2,8 @@
 
     python -m ace_step_ui run generate --input '{"tags": "lofi"}' --output-dir out
     python -m ace_step_ui run inpaint --input @request.json --output-dir out --format flac
-    python -m ace_step_ui tiny v15 DIR
+    python -m ace_step_ui run edit --input @edit.json --output-dir out --save-latents
+    python -m ace_step_ui tiny v1 DIR      (or: tiny v15 DIR --variant base)
 
 Exit codes follow the hosted CLI: 0 success, 64 bad arguments, 65 input that fails validation,
 69 a model that cannot be loaded, 130 stopped. Errors are one line on stderr.
@@ -37,7 +38,7 @@ class UsageParser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = UsageParser(prog="python -m ace_step_ui", description="ACE-Step Playground command line")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=UsageParser)
-    run = commands.add_parser("run", help="run generate, inpaint or outpaint")
+    run = commands.add_parser("run", help=f"run {', '.join(TASKS[:-1])} or {TASKS[-1]}")
     run.add_argument("task", choices=TASKS)
     run.add_argument("--input", required=True, help="the request as JSON, or @file.json")
     run.add_argument("--output-dir", required=True, type=Path)
@@ -45,10 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--format", default="wav", choices=FORMATS)
     run.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     run.add_argument("--dtype", default="auto", choices=("auto", *DTYPES))
+    run.add_argument("--save-latents", action="store_true",
+                     help="also write the final diffusion latents as <stem>.latents.safetensors "
+                          "(ACE-Step v1)")
     tiny = commands.add_parser("tiny", help="write a tiny random-weight checkpoint, offline")
-    tiny.add_argument("family", choices=("v15",))
+    tiny.add_argument("family", choices=("v1", "v15"))
     tiny.add_argument("folder", type=Path)
-    tiny.add_argument("--variant", default="turbo", choices=("turbo", "base"))
+    tiny.add_argument("--variant", choices=("turbo", "base"), help="v15 only (default turbo)")
     return parser
 
 
@@ -69,10 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         if args.command == "tiny":
-            from .v15.tiny import write_tiny_checkpoint
-
-            print(write_tiny_checkpoint(args.folder, args.variant))
-            return EXIT_OK
+            return tiny_command(args)
         return run_command(args)
     except UsageError as error:
         print(error, file=sys.stderr)
@@ -91,9 +92,26 @@ def main(argv: Sequence[str] | None = None) -> int:
 def run_command(args: argparse.Namespace) -> int:
     payload = read_input(args.input)
     manager = EngineManager(device=args.device, dtype=args.dtype)
-    result = tasks.run(args.task, payload, manager, args.model, on_step=_print_step)
-    path = tasks.save_result(result, args.output_dir, args.format)
+    result = tasks.run(args.task, payload, manager, args.model, on_step=_print_step,
+                       need_latents=args.save_latents)
+    path = tasks.save_result(result, args.output_dir, args.format, save_latents=args.save_latents)
     print(path)
+    if args.save_latents:
+        print(tasks.latents_path(path))
+    return EXIT_OK
+
+
+def tiny_command(args: argparse.Namespace) -> int:
+    if args.family == "v1":
+        if args.variant is not None:
+            raise UsageError("python -m ace_step_ui tiny: --variant applies to v15 only")
+        from .v1.tiny import write_tiny_checkpoint as write_v1
+
+        print(write_v1(args.folder))
+    else:
+        from .v15.tiny import write_tiny_checkpoint as write_v15
+
+        print(write_v15(args.folder, args.variant or "turbo"))
     return EXIT_OK
 
 

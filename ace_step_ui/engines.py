@@ -9,7 +9,9 @@ time and serialises GPU work behind one lock.
 from __future__ import annotations
 
 import gc
+import importlib
 import json
+import os
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -20,9 +22,11 @@ import torch
 
 from .audio import Audio
 from .errors import Cancelled, InputError, ModelUnavailableError
-from .requests import GenerateRequest, InpaintRequest, OutpaintRequest
+from .requests import BaseRequest, EditRequest, GenerateRequest, InpaintRequest, OutpaintRequest
 
-DEFAULT_MODEL = "ACE-Step/acestep-v15-xl-turbo-diffusers"
+DEFAULT_MODEL = "ACE-Step/ACE-Step-v1-3.5B"
+# The model families in order of preference: the first is the default for an unknown Hub id.
+FAMILY_MODULES = (f"{__package__}.v1.engine", f"{__package__}.v15.engine")
 
 # step (1-based), total steps
 StepCallback = Callable[[int, int], None]
@@ -34,6 +38,8 @@ class EngineOutput:
 
     audio: Audio
     effective: dict[str, Any] = field(default_factory=dict)
+    # The final diffusion latents (batch, channels, height, frames), when the engine has them.
+    latents: torch.Tensor | None = None
 
 
 class Engine(Protocol):
@@ -44,13 +50,22 @@ class Engine(Protocol):
         """Request parameters this engine applies for `task`; set ones outside it are ignored."""
 
     def generate(self, request: GenerateRequest, seed: int, retake_seed: int,
-                 on_step: StepCallback) -> EngineOutput: ...
+                 on_step: StepCallback, reference: Audio | None = None) -> EngineOutput:
+        """A song from `request`; with `reference`, audio-to-audio from that track."""
 
     def inpaint(self, request: InpaintRequest, source: Audio, start_s: float, end_s: float,
                 seed: int, retake_seed: int, on_step: StepCallback) -> EngineOutput: ...
 
     def outpaint(self, request: OutpaintRequest, source: Audio, seed: int, retake_seed: int,
                  on_step: StepCallback) -> EngineOutput: ...
+
+    def edit(self, request: EditRequest, source: Audio, seed: int, retake_seed: int,
+             on_step: StepCallback) -> EngineOutput:
+        """`source` re-rendered from its original tags and lyrics towards the request's."""
+
+
+def accept_any(model: str, request: BaseRequest) -> None:
+    """A family's request check that accepts every request."""
 
 
 @dataclass(frozen=True)
@@ -66,9 +81,15 @@ class Family:
     load: Callable[[Path, str, str, str], Engine]
     # (model id or folder, task) -> the request parameters it applies, told without loading it
     honoured: Callable[[str, str], frozenset[str]]
+    # (model id or folder, request) -> None, or InputError for a request the family cannot run at
+    # all (a task it lacks); called before any audio is read or any model is loaded
+    check_request: Callable[[str, BaseRequest], None] = accept_any
+    # whether its engines return the final diffusion latents (EngineOutput.latents)
+    returns_latents: bool = True
 
 
 _FAMILIES: list[Family] = []
+_imported = False
 
 
 def register(family: Family) -> None:
@@ -76,9 +97,23 @@ def register(family: Family) -> None:
 
 
 def families() -> list[Family]:
-    if not _FAMILIES:
-        from .v15 import engine as _v15  # noqa: F401  (registers itself)
-    return list(_FAMILIES)
+    """The registered families, the default (ACE-Step v1) first."""
+    global _imported
+    if not _imported:
+        for module in FAMILY_MODULES:
+            try:
+                importlib.import_module(module)  # registers itself
+            except ModuleNotFoundError as error:
+                if error.name != module:  # a family that is there but broken must say so
+                    raise
+        _imported = True
+    # Import order varies (a caller may import one family's module first): sort by preference.
+    return sorted(_FAMILIES, key=_preference)
+
+
+def _preference(family: Family) -> int:
+    module = getattr(family.load, "__module__", "")
+    return FAMILY_MODULES.index(module) if module in FAMILY_MODULES else len(FAMILY_MODULES)
 
 
 def known_models() -> list[str]:
@@ -95,15 +130,34 @@ def family_for(model: str) -> Family:
             if family.is_checkpoint(folder):
                 return family
         raise ModelUnavailableError(
-            f"the folder '{model}' is not a checkpoint this app can load: expected a diffusers "
-            f"ACE-Step 1.5 folder (model_index.json naming AceStepPipeline)")
+            f"the folder '{model}' is not a checkpoint this app can load: expected ACE-Step v1's "
+            f"official layout (folders ace_step_transformer/, music_dcae_f8c8/, music_vocoder/ and "
+            f"umt5-base/) or a diffusers ACE-Step 1.5 folder (model_index.json naming "
+            f"AceStepPipeline)")
     for family in families():
         if model in family.hub_ids:
             return family
     if model.count("/") == 1 and not model.startswith(("/", ".", "~")):
-        return families()[0]
+        return closest_family(model)
     raise InputError(f"model '{model}' is neither a folder on this machine nor a Hub id like "
                      f"'{DEFAULT_MODEL}'; known models: {', '.join(known_models())}")
+
+
+def closest_family(hub_id: str) -> Family:
+    """The family of an unknown Hub id: the one whose repo names share the longest start with its
+    name (ignoring case and punctuation), so `me/acestep-v15-finetune` goes to 1.5; ties (and no
+    likeness at all) go to the default family."""
+    name = _letters(hub_id.split("/")[-1])
+
+    def likeness(family: Family) -> int:
+        return max((len(os.path.commonprefix([name, _letters(known.split("/")[-1])]))
+                    for known in family.hub_ids), default=0)
+
+    return max(families(), key=likeness)  # max keeps the first of equals: the default
+
+
+def _letters(text: str) -> str:
+    return "".join(ch for ch in text.lower() if ch.isalnum())
 
 
 def read_json(path: Path) -> dict[str, Any]:

@@ -5,7 +5,9 @@ the CLI and the Gradio API are all built from this one table. `parse_request` va
 mapping (JSON, form values, keyword arguments) once, before any heavy work, and raises `InputError`
 with a message that says what to change. Where the hosted pages disagree we follow fal's schema for
 the advanced parameters and RunComfy's for inpaint/outpaint; `duration` starts at 1 s (the hosted
-pages say 5 s) because upstream accepts any length and short clips make fast tests.
+pages say 5 s) because upstream accepts any length and short clips make fast tests. Parameters that
+only ACE-Step v1 applies (ERG, `oss_steps`, LoRA, audio-to-audio, the edit task) are upstream's, under
+the names of the hosted schema where it has them.
 """
 
 from __future__ import annotations
@@ -20,10 +22,13 @@ from typing import Any, Mapping
 from .errors import InputError
 
 SEED_MAX = 2147483647
-TASKS = ("generate", "inpaint", "outpaint")
+TASKS = ("generate", "inpaint", "outpaint", "edit")
 INSTRUMENTAL_MARKERS = ("[inst]", "[instrumental]")
 MIN_EDIT_SECONDS = 1.0
 MAX_EDIT_SECONDS = 240.0  # the hosted APIs' per-call limit
+MAX_OSS_STEPS = 200  # entries, as many as number_of_steps allows
+MAX_OSS_STEP = 1000  # the schedulers' training timesteps: a longer base schedule only repeats them
+V1_ONLY = " ACE-Step v1 only."
 
 
 def _param(default: Any, help: str, *, minimum: float | None = None, maximum: float | None = None,
@@ -45,7 +50,9 @@ class BaseRequest:
     retake_seed: int = _param(-1, "Seed of the second noise that `variance` blends in; -1 derives it "
                                   "from `seed`.", minimum=-1, maximum=SEED_MAX, advanced=True)
     number_of_steps: int = _param(27, "Diffusion steps.", minimum=1, maximum=200, advanced=True)
-    scheduler: str = _param("euler", "Sampler.", choices=("euler", "heun"), advanced=True)
+    scheduler: str = _param("euler", "Sampler: euler (ODE), heun (2nd order, about twice the model "
+                                     "calls) or pingpong (SDE; ACE-Step v1 only).",
+                            choices=("euler", "heun", "pingpong"), advanced=True)
     guidance_type: str = _param("apg", "Classifier-free guidance rule.",
                                 choices=("apg", "cfg", "cfg_star"), advanced=True)
     granularity_scale: int = _param(10, "Granularity scale; higher values can reduce artifacts.",
@@ -63,6 +70,25 @@ class BaseRequest:
                                        minimum=0.0, maximum=10.0, advanced=True)
     lyric_guidance_scale: float = _param(1.5, "Guidance scale of the lyrics alone.",
                                          minimum=0.0, maximum=10.0, advanced=True)
+    use_erg_tag: bool = _param(True, "Entropy rectifying guidance on the tags: the unconditional "
+                                     "branch sees weakened tag attention instead of no tags (takes "
+                                     "effect only with use_erg_lyric)." + V1_ONLY, advanced=True)
+    use_erg_lyric: bool = _param(True, "Entropy rectifying guidance on the lyrics: the unconditional "
+                                       "branch sees weakened lyric attention instead of no lyrics."
+                                       + V1_ONLY, advanced=True)
+    use_erg_diffusion: bool = _param(True, "Entropy rectifying guidance in the transformer: the "
+                                           "unconditional pass weakens its cross-attention." + V1_ONLY,
+                                     advanced=True)
+    oss_steps: tuple[int, ...] = _param((), "Optimal step schedule: increasing 1-based step numbers "
+                                            "of a max(oss_steps)-step schedule (e.g. 16, 29, 52, 76, "
+                                            "100); overrides number_of_steps; not with heun; empty = "
+                                            "the plain schedule." + V1_ONLY,
+                                        minimum=1, maximum=MAX_OSS_STEP, advanced=True)
+    lora: str = _param("", "LoRA adapter for the transformer: a local folder or file, or a Hub repo "
+                           "id such as ACE-Step/ACE-Step-v1-chinese-rap-LoRA; empty = none."
+                       + V1_ONLY, advanced=True)
+    lora_scale: float = _param(1.0, "Weight of the LoRA (negative values push away from it)."
+                               + V1_ONLY, minimum=-3.0, maximum=3.0, advanced=True)
     # Names the caller set explicitly; engines keep their own presets for the rest.
     explicit: frozenset = field(default=frozenset(), compare=False, repr=False)
 
@@ -78,6 +104,18 @@ class BaseRequest:
 @dataclass(frozen=True, kw_only=True)
 class GenerateRequest(BaseRequest):
     duration: float = _param(60.0, "Length of the song in seconds.", minimum=1.0, maximum=240.0)
+    variance: float = _param(0.0, "Retake: how far the song may drift from the one `seed` gives "
+                                  "(0 = that song, 1 = the song of retake_seed); it blends the "
+                                  "two seeds' noises." + V1_ONLY, minimum=0.0, maximum=1.0,
+                             advanced=True)
+    reference_audio: str = _param("", "Audio-to-audio: a reference track (file path or https:// "
+                                      "URL) that the song starts from; its length sets the song's, "
+                                      "and duration is not used. Empty = plain generation."
+                                  + V1_ONLY, advanced=True)
+    audio2audio_strength: float = _param(0.5, "How closely the song follows the reference audio "
+                                               "(higher = closer); it runs (1 - strength) x "
+                                               "number_of_steps steps, at least 1." + V1_ONLY,
+                                         minimum=0.0, maximum=1.0, advanced=True)
 
     task = "generate"
 
@@ -114,10 +152,28 @@ class OutpaintRequest(SourceRequest):
     task = "outpaint"
 
 
+@dataclass(frozen=True, kw_only=True)
+class EditRequest(SourceRequest):
+    """The hosted audio-to-audio request: the same song with new tags (remix) or new lyrics."""
+
+    edit_mode: str = _param("remix", "remix: new style, same structure; lyrics: new words, same "
+                                     "music.", choices=("remix", "lyrics"))
+    original_tags: str = _param("", "The tags the source audio was made with (or that describe "
+                                    "it).", required=True)
+    original_lyrics: str = _param("", "The lyrics of the source audio; blank if none or unknown.")
+    original_seed: int = _param(-1, "The seed the source audio was made with; -1 = unknown.",
+                                minimum=-1, maximum=SEED_MAX, advanced=True)
+
+    task = "edit"
+
+
 REQUEST_TYPES: dict[str, type[BaseRequest]] = {
     "generate": GenerateRequest, "inpaint": InpaintRequest, "outpaint": OutpaintRequest,
+    "edit": EditRequest,
 }
-ALIASES = {"audio_url": "audio"}
+ALIASES = {"audio_url": "audio", "reference_audio_url": "reference_audio"}
+KINDS = {"str": "str", "int": "int", "float": "float", "bool": "bool", "tuple[int, ...]": "int_list"}
+TRUE_WORDS, FALSE_WORDS = ("true", "1"), ("false", "0")
 
 
 def public_fields(request_type: type[BaseRequest]) -> list[dataclasses.Field]:
@@ -128,7 +184,7 @@ def public_fields(request_type: type[BaseRequest]) -> list[dataclasses.Field]:
 def schema(task: str) -> dict[str, dict[str, Any]]:
     """Name → {type, default, minimum, maximum, choices, required, advanced, help} for one task."""
     request_type = _request_type(task)
-    return {f.name: {"type": _field_kind(f).__name__, "default": f.default, **f.metadata}
+    return {f.name: {"type": _field_kind(f), "default": f.default, **f.metadata}
             for f in public_fields(request_type)}
 
 
@@ -146,9 +202,11 @@ def parse_request(task: str, payload: Mapping[str, Any]) -> BaseRequest:
             raise InputError(_unknown_parameter_message(str(key), task, fields))
         if raw is None:
             continue
-        if name in values and values[name] != raw:
-            raise InputError(f"both 'audio' and 'audio_url' are set and differ; give only one")
-        values[name] = _coerce(fields[name], raw)
+        value = _coerce(fields[name], raw)
+        if name in values and values[name] != value:
+            other = next(alias for alias, target in ALIASES.items() if target == name)
+            raise InputError(f"both '{name}' and '{other}' are set and differ; give only one")
+        values[name] = value
     for name, spec in fields.items():
         if spec.metadata["required"] and not str(values.get(name, "")).strip():
             raise InputError(f"'{name}' is required for {task}: {spec.metadata['help']}")
@@ -163,9 +221,21 @@ def _request_type(task: str) -> type[BaseRequest]:
     return REQUEST_TYPES[task]
 
 
-def _field_kind(spec: dataclasses.Field) -> type:
-    return {"str": str, "int": int, "float": float}[spec.type if isinstance(spec.type, str)
-                                                      else spec.type.__name__]
+def is_default(task: str, name: str, value: Any) -> bool:
+    """Whether `value`, as a form or API sends it, means `name`'s default (an empty oss_steps text
+    is the empty schedule); a value that fails validation is not the default."""
+    spec = {f.name: f for f in public_fields(_request_type(task))}[name]
+    if value is None:
+        return True
+    try:
+        return _coerce(spec, value) == spec.default
+    except InputError:
+        return False
+
+
+def _field_kind(spec: dataclasses.Field) -> str:
+    annotation = spec.type if isinstance(spec.type, str) else spec.type.__name__
+    return KINDS[annotation]
 
 
 def _unknown_parameter_message(key: str, task: str, fields: Mapping[str, Any]) -> str:
@@ -178,7 +248,11 @@ def _coerce(spec: dataclasses.Field, raw: Any) -> Any:
     kind = _field_kind(spec)
     meta = spec.metadata
     name = spec.name
-    if kind is str:
+    if kind == "bool":
+        return _as_bool(name, raw)
+    if kind == "int_list":
+        return _as_int_list(name, raw, meta["minimum"], meta["maximum"])
+    if kind == "str":
         if not isinstance(raw, str):
             raise InputError(f"'{name}' must be text, not {type(raw).__name__}")
         value: Any = raw
@@ -186,14 +260,55 @@ def _coerce(spec: dataclasses.Field, raw: Any) -> Any:
             raise InputError(f"'{name}' must be one of {', '.join(meta['choices'])}, not '{value}'")
         return value
     number = _as_number(name, raw)
-    if kind is int:
-        if number != int(number):
-            raise InputError(f"'{name}' must be a whole number, not {raw!r}")
-        number = int(number)
-    low, high = meta["minimum"], meta["maximum"]
+    if kind == "int":
+        number = _whole(name, number, raw)
+    _check_range(name, number, meta["minimum"], meta["maximum"])
+    return number
+
+
+def _whole(name: str, number: float, raw: Any) -> int:
+    if number != int(number):
+        raise InputError(f"'{name}' must be a whole number, not {raw!r}")
+    return int(number)
+
+
+def _check_range(name: str, number: float, low: float | None, high: float | None) -> None:
     if (low is not None and number < low) or (high is not None and number > high):
         raise InputError(f"'{name}' must be between {_fmt(low)} and {_fmt(high)}, not {_fmt(number)}")
-    return number
+
+
+def _as_bool(name: str, raw: Any) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    if isinstance(raw, int) and raw in (0, 1):
+        return bool(raw)
+    if isinstance(raw, str) and raw.strip().lower() in TRUE_WORDS + FALSE_WORDS:
+        return raw.strip().lower() in TRUE_WORDS
+    raise InputError(f"'{name}' must be true or false, not {raw!r}")
+
+
+def _as_int_list(name: str, raw: Any, low: float, high: float) -> tuple[int, ...]:
+    """A JSON list of whole numbers, or upstream's text form "16, 29, 52"; empty = none."""
+    if isinstance(raw, str):
+        parts: list[Any] = raw.replace(",", " ").split()
+    elif isinstance(raw, (list, tuple)):
+        parts = list(raw)
+    else:
+        raise InputError(f"'{name}' must be a list of whole numbers such as [16, 29, 52] or the "
+                         f"text \"16, 29, 52\", not {type(raw).__name__}")
+    if len(parts) > MAX_OSS_STEPS:
+        raise InputError(f"'{name}' has {len(parts)} entries; at most {MAX_OSS_STEPS} are allowed")
+    steps = []
+    for part in parts:
+        number = _whole(name, _as_number(name, part), part)
+        if not low <= number <= high:
+            raise InputError(f"'{name}' entries must be between {_fmt(low)} and {_fmt(high)}, "
+                             f"not {number}")
+        steps.append(number)
+    for earlier, later in zip(steps, steps[1:]):
+        if later <= earlier:
+            raise InputError(f"'{name}' must increase, but {later} follows {earlier}")
+    return tuple(steps)
 
 
 def _as_number(name: str, raw: Any) -> float:
@@ -218,6 +333,9 @@ def _fmt(x: float | None) -> str:
 
 
 def _check_combination(request: BaseRequest) -> None:
+    if request.oss_steps and request.scheduler == "heun":
+        raise InputError("oss_steps work with the euler and pingpong schedulers, not heun; choose "
+                         "another scheduler or clear oss_steps")
     if isinstance(request, OutpaintRequest):
         if request.extend_before_duration <= 0 and request.extend_after_duration <= 0:
             raise InputError("extend_before_duration and extend_after_duration are both 0; "

@@ -1,8 +1,8 @@
-"""The Gradio Blocks: tabs Generate, Inpaint and Outpaint over `tasks.run`, one GPU slot for all.
+"""The Gradio Blocks: tabs Generate, Inpaint, Outpaint and Edit over `tasks.run`, one GPU slot.
 
 Every parameter's component is built from `requests.schema(task)`, and each tab's event handler
 takes the hosted APIs' parameter names (plus `model` and `format`), so the named endpoints
-`/generate`, `/inpaint` and `/outpaint` accept the same keyword arguments as the hosted APIs.
+`/generate`, `/inpaint`, `/outpaint` and `/edit` accept the same keyword arguments as the hosted APIs.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from .audio import FORMATS
 from .engines import EngineManager, family_for
 from .errors import Cancelled, InputError, ModelUnavailableError
 from .gpu import gpu
-from .requests import TASKS, parse_request, schema
+from .requests import TASKS, is_default, parse_request, schema
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +36,11 @@ DESCRIPTIONS = {
     "generate": "Generate a song from tags and lyrics.",
     "inpaint": "Regenerate a time range of an uploaded track; the rest stays as it was.",
     "outpaint": "Extend an uploaded track with new audio before and/or after it.",
+    "edit": "Remix an uploaded track in a new style, or give it new lyrics, keeping its structure "
+            "(ACE-Step v1).",
 }
+AUDIO_PARAMS = ("audio", "reference_audio")
+OSS_PLACEHOLDER = "e.g. 16, 29, 52, 76, 100"
 LYRICS_HINT = ("Put section markers on their own lines: `[verse]`, `[chorus]`, `[bridge]`, "
                "`[outro]`. Write just `[inst]` for an instrumental; leave blank to let the model "
                "decide.")
@@ -47,10 +51,20 @@ LABELS = {"tags": "Tags", "lyrics": "Lyrics", "seed": "Seed", "duration": "Durat
           "audio": "Source audio", "start_time": "Start (s)", "end_time": "End (s)",
           "start_time_relative_to": "Start measured from", "end_time_relative_to":
           "End measured from", "variance": "Variance", "extend_before_duration":
-          "Extend before (s)", "extend_after_duration": "Extend after (s)"}
+          "Extend before (s)", "extend_after_duration": "Extend after (s)",
+          "edit_mode": "Edit mode", "original_tags": "Original tags",
+          "original_lyrics": "Original lyrics", "original_seed": "Original seed", "reference_audio": "Reference audio (audio-to-audio)",
+          "audio2audio_strength": "Reference strength", "use_erg_tag": "ERG on the tags",
+          "use_erg_lyric": "ERG on the lyrics", "use_erg_diffusion": "ERG in the diffusion",
+          "oss_steps": "OSS steps", "lora": "LoRA", "lora_scale": "LoRA scale"}
+EDIT_LABELS = {"tags": "New tags", "lyrics": "New lyrics"}
+EDIT_LYRICS_HINT = LYRICS_HINT.replace("leave blank to let the model decide",
+                                       "leave blank to keep the original lyrics")
 
 
-def label(name: str) -> str:
+def label(name: str, task: str = "") -> str:
+    if task == "edit" and name in EDIT_LABELS:
+        return EDIT_LABELS[name]
     return LABELS.get(name, name.replace("_", " ").capitalize())
 
 
@@ -107,15 +121,19 @@ def _output_folder() -> Path:
 
 def _component(task: str, name: str, spec: dict[str, Any], **overrides: Any) -> gr.Component:
     """The input component of one request parameter, from its schema entry."""
-    common = dict(label=label(name), info=spec["help"], elem_id=f"{task}-{name}")
+    common = dict(label=label(name, task), info=spec["help"], elem_id=f"{task}-{name}")
     common.update(overrides)
     low, high, default = spec["minimum"], spec["maximum"], spec["default"]
-    if name == "audio":
+    if name in AUDIO_PARAMS:
         common.pop("info")
         return gr.Audio(type="filepath", sources=["upload"], editable=False,
                         buttons=["download"], **common)
     if spec["choices"]:
         return gr.Radio(list(spec["choices"]), value=default, **common)
+    if spec["type"] == "bool":
+        return gr.Checkbox(value=default, **common)
+    if spec["type"] == "int_list":
+        return gr.Textbox(value=", ".join(map(str, default)), placeholder=OSS_PLACEHOLDER, **common)
     if spec["type"] == "str":
         return gr.Textbox(value=default, **common)
     if spec["type"] == "int" and high is not None and high - (low or 0) > 1000:
@@ -131,7 +149,7 @@ def _endpoint(task: str, run_on_gpu: Callable[..., Any]) -> Callable[..., Any]:
     them as the endpoint's keyword arguments) plus `model` and `format`."""
     spec = schema(task)
     names = [*spec, "model", "format"]
-    defaults = {name: spec[name]["default"] for name in advanced_params(task)}
+    advanced = set(advanced_params(task))
 
     def endpoint(*args: Any) -> tuple[str, int, dict[str, Any]]:
         *values, request, progress = args
@@ -139,7 +157,7 @@ def _endpoint(task: str, run_on_gpu: Callable[..., Any]) -> Callable[..., Any]:
         model, fmt = given.pop("model"), given.pop("format")
         # Advanced values at their defaults stay unset, so the engine keeps its own presets.
         payload = {name: value for name, value in given.items()
-                   if not (name in defaults and value == defaults[name])}
+                   if not (name in advanced and is_default(task, name, value))}
         try:
             if not model or not str(model).strip():
                 raise InputError("choose a model: a Hub id or a checkpoint folder")
@@ -151,9 +169,12 @@ def _endpoint(task: str, run_on_gpu: Callable[..., Any]) -> Callable[..., Any]:
         return run_on_gpu(task, payload, str(model).strip(), fmt, _owner(request), progress)
 
     positional = inspect.Parameter.POSITIONAL_OR_KEYWORD
-    parameters = [inspect.Parameter(name, positional) for name in names]
+    # A default of None lets API clients leave out a parameter whose component starts empty (an
+    # optional upload such as reference_audio); parse_request still says what is required.
+    parameters = [inspect.Parameter(name, positional, default=None) for name in names]
     # Gradio fills these two itself: the request by its annotation, the progress by its default.
-    parameters.append(inspect.Parameter("request", positional, annotation=gr.Request))
+    parameters.append(inspect.Parameter("request", positional, default=None,
+                                        annotation=gr.Request))
     parameters.append(inspect.Parameter("progress", positional,
                                         default=gr.Progress(track_tqdm=True)))
     endpoint.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
@@ -221,13 +242,21 @@ def _fit_range(path: str | None, start: float, end: float) -> tuple[Any, Any]:
 
 
 def _send_to(task: str) -> Callable[[str | None, str, str], tuple[Any, ...]]:
-    """A result, with its tags and lyrics, becomes the source of `task`'s tab, which opens."""
+    """A result, with its tags and lyrics, becomes the source of `task`'s tab, which opens.
+    (The Edit tab takes them as the original tags and lyrics, and as the new ones to change.)"""
     def send(audio: str | None, tags: str, lyrics: str) -> tuple[Any, ...]:
         if not audio:
             raise gr.Error("there is no result yet to send", print_exception=False)
-        return audio, tags, lyrics, gr.Tabs(selected=task)
+        song = (tags, lyrics, tags, lyrics) if task == "edit" else (tags, lyrics)
+        return audio, *song, gr.Tabs(selected=task)
 
     return send
+
+
+def _send_targets(tab: "_Tab") -> list[gr.Component]:
+    """The components `_send_to(tab.task)` fills, in its order (the tab selector not included)."""
+    names = ["audio", "original_tags", "original_lyrics"] if tab.task == "edit" else ["audio"]
+    return [tab.inputs[name] for name in [*names, "tags", "lyrics"]]
 
 
 class _Tab:
@@ -244,7 +273,7 @@ class _Tab:
 
     def song_fields(self) -> None:
         self.add("tags", lines=2, placeholder="e.g. funk, slap bass, brass section, 100 bpm")
-        self.add("lyrics", lines=8, info=LYRICS_HINT,
+        self.add("lyrics", lines=8, info=EDIT_LYRICS_HINT if self.task == "edit" else LYRICS_HINT,
                  placeholder="[verse]\nFirst line of the verse\n\n[chorus]\nThe hook")
 
     def seed_field(self) -> None:
@@ -290,6 +319,7 @@ class _Tab:
                                         elem_id=f"{self.task}-to-inpaint")
             self.to_outpaint = gr.Button("Extend in Outpaint", size="sm",
                                          elem_id=f"{self.task}-to-outpaint")
+            self.to_edit = gr.Button("Remix in Edit", size="sm", elem_id=f"{self.task}-to-edit")
         self.params = gr.JSON(label="Params", height=360, elem_id=f"{self.task}-params")
         self.reuse.click(lambda seed: seed, self.seed_used, self.inputs["seed"], queue=False,
                          api_visibility="private")
@@ -306,7 +336,7 @@ def build_app(manager: EngineManager, default_model: str, models: list[str]) -> 
 
     with gr.Blocks(title="ACE-Step Playground", delete_cache=(OUTPUT_TTL_S, OUTPUT_TTL_S)) as demo:
         gr.Markdown("# ACE-Step Playground\nGenerate a song from tags and lyrics, regenerate part "
-                    "of a track (Inpaint) or extend it (Outpaint) with ACE-Step.")
+                    "of a track (Inpaint), extend it (Outpaint) or remix it (Edit) with ACE-Step.")
         with gr.Row():
             model = gr.Dropdown(choices, value=default_model, label="Model",
                                 allow_custom_value=True, elem_id="model", scale=3,
@@ -369,16 +399,31 @@ def build_app(manager: EngineManager, default_model: str, models: list[str]) -> 
                     with gr.Column(scale=2):
                         tab.outputs()
 
+            with gr.Tab("Edit", id="edit"):
+                tab = tabs["edit"]
+                gr.Markdown(DESCRIPTIONS["edit"] + " Give the tags and lyrics the track was made "
+                            "with, then the new ones.")
+                with gr.Row():
+                    with gr.Column(scale=3):
+                        tab.add("audio")
+                        tab.add("edit_mode")
+                        tab.add("original_tags", lines=2,
+                                placeholder="e.g. pop, female vocals, piano, 90 bpm")
+                        tab.add("original_lyrics", lines=4)
+                        tab.song_controls(default_model)
+                    with gr.Column(scale=2):
+                        tab.outputs()
+
         for task, tab in tabs.items():
             tab.run.click(_endpoint(task, run_on_gpu), [*tab.ordered_inputs(), model, fmt],
                           [tab.result, tab.seed_used, tab.params], api_name=task,
                           concurrency_id="gpu", concurrency_limit=1)
             tab.stop.click(_stopper(manager), None, None, queue=False, api_visibility="private")
-            for button, target in ((tab.to_inpaint, "inpaint"), (tab.to_outpaint, "outpaint")):
-                to = tabs[target].inputs
+            for button, target in ((tab.to_inpaint, "inpaint"), (tab.to_outpaint, "outpaint"),
+                                   (tab.to_edit, "edit")):
                 button.click(_send_to(target),
                              [tab.result, tab.inputs["tags"], tab.inputs["lyrics"]],
-                             [to["audio"], to["tags"], to["lyrics"], tab_group], queue=False,
+                             [*_send_targets(tabs[target]), tab_group], queue=False,
                              api_visibility="private")
 
         advanced = [tab.inputs[name] for tab in tabs.values() for name in advanced_params(tab.task)]

@@ -25,6 +25,27 @@ def tiny_v15_base(tmp_path_factory) -> Path:
     return write_tiny_checkpoint(tmp_path_factory.mktemp("tiny-v15-base"), "base")
 
 
+@pytest.fixture(scope="session")
+def v1_fixture_root(tmp_path_factory) -> Path:
+    """The v1 parity fixture's tiny checkpoint, materialised: ROOT/checkpoint and ROOT/lora."""
+    from v1_fixture import materialise
+
+    return materialise(tmp_path_factory.mktemp("v1-fixture"))
+
+
+@pytest.fixture(scope="session")
+def tiny_v1(v1_fixture_root) -> Path:
+    """A tiny ACE-Step v1 checkpoint in the official layout (the parity fixture's weights).
+
+    The lyric vocabulary is upstream's, which users download from the ACE-Step Space; tests read
+    the fixture's copy in place.
+    """
+    from v1_fixture import FIXTURE
+
+    os.environ["ACE_STEP_LYRIC_VOCAB"] = str(FIXTURE / "lyric_vocab.json")
+    return v1_fixture_root / "checkpoint"
+
+
 @pytest.fixture
 def sine_wav(tmp_path) -> Path:
     """A 4 s stereo 44.1 kHz WAV: a different tone on each side."""

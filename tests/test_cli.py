@@ -78,6 +78,35 @@ def test_a_model_that_cannot_be_downloaded_exits_69_with_the_fix(tmp_path):
     assert "Traceback" not in done.stderr
 
 
+def test_edit_on_a_1_5_model_exits_65_with_the_v1_message(tiny_v15, tmp_path, sine_wav):
+    request = {"audio": str(sine_wav), "tags": "jazz", "original_tags": "lofi", "edit_mode": "lyrics"}
+    done = cli("run", "edit", "--input", json.dumps(request), "--output-dir", tmp_path / "out",
+               "--model", tiny_v15)
+    assert done.returncode == 65
+    assert done.stderr.strip() == ("error: edit (audio-to-audio) needs ACE-Step v1 "
+                                   "(ACE-Step/ACE-Step-v1-3.5B); choose it as the model")
+    assert not (tmp_path / "out").exists()
+
+
+def test_save_latents_from_a_model_without_latents_exits_65_with_one_line(tiny_v15, tmp_path):
+    request = {"tags": "lofi", "duration": 1, "number_of_steps": 1}
+    done = cli("run", "generate", "--input", json.dumps(request), "--output-dir", tmp_path / "out",
+               "--model", tiny_v15, "--save-latents")
+    assert done.returncode == 65
+    assert done.stderr.strip() == (f"error: the model {tiny_v15} returns no diffusion latents, so "
+                                   f"none can be saved; ACE-Step v1 (ACE-Step/ACE-Step-v1-3.5B) does")
+    assert not (tmp_path / "out").exists()  # refused before the model ran
+
+
+@pytest.mark.parametrize("args, message", [
+    (["tiny", "v2", "x"], "argument family: invalid choice: 'v2' (choose from v1, v15)"),
+    (["tiny", "v1", "x", "--variant", "base"], "--variant applies to v15 only"),
+])
+def test_tiny_families(args, message):
+    done = cli(*args)
+    assert done.returncode == 64 and message in done.stderr.replace("'v1', 'v15'", "v1, v15")
+
+
 def test_tiny_writes_a_loadable_checkpoint(tmp_path):
     done = cli("tiny", "v15", tmp_path / "tiny", "--variant", "base", check_code=0)
     folder = Path(done.stdout.strip())

@@ -5,11 +5,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ace_step_ui.errors import InputError
-from ace_step_ui.requests import (SEED_MAX, TASKS, InpaintRequest, derive_retake_seed,
-                                  parse_request, resolve_range, resolve_seed, schema)
+from ace_step_ui.requests import (SEED_MAX, TASKS, EditRequest, InpaintRequest,
+                                  derive_retake_seed, is_default, parse_request, resolve_range,
+                                  resolve_seed, schema)
 
 REQUIRED = {"generate": {"tags": "lofi"}, "inpaint": {"tags": "lofi", "audio": "song.wav"},
-            "outpaint": {"tags": "lofi", "audio": "song.wav"}}
+            "outpaint": {"tags": "lofi", "audio": "song.wav"},
+            "edit": {"tags": "lofi", "audio": "song.wav", "original_tags": "pop"}}
 
 
 def valid_value(spec):
@@ -17,6 +19,12 @@ def valid_value(spec):
         return st.sampled_from(spec["choices"])
     if spec["type"] == "str":
         return st.text(min_size=1).filter(str.strip)
+    if spec["type"] == "bool":
+        return st.booleans()
+    if spec["type"] == "int_list":
+        steps = st.lists(st.integers(int(spec["minimum"]), int(spec["maximum"])), unique=True,
+                         max_size=12)
+        return steps.map(sorted)
     if spec["type"] == "int":
         return st.integers(int(spec["minimum"]), int(spec["maximum"]))
     return st.floats(spec["minimum"], spec["maximum"], allow_nan=False)
@@ -34,6 +42,8 @@ def valid_payloads(draw, task):
     if task == "inpaint":  # keep the range at least 1 s long whatever the anchors
         payload.update(start_time=0.0, start_time_relative_to="start", end_time=30.0,
                        end_time_relative_to="start")
+    if payload.get("oss_steps") and payload.get("scheduler") == "heun":
+        payload["scheduler"] = "euler"
     return payload
 
 
@@ -45,6 +55,8 @@ def test_valid_requests_pass_and_keep_their_values(task, data):
     request = parse_request(task, payload)
     for name, value in payload.items():
         got = getattr(request, name)
+        if isinstance(value, list):  # a JSON list is kept as a tuple
+            value = tuple(value)
         assert got == value or (isinstance(value, float) and math.isclose(got, value))
     assert request.explicit == frozenset(payload)
 
@@ -156,5 +168,134 @@ def test_seeds():
 
 
 def test_unknown_task():
-    with pytest.raises(InputError, match="choose one of generate, inpaint, outpaint"):
+    with pytest.raises(InputError, match="choose one of generate, inpaint, outpaint, edit"):
         parse_request("remix", {})
+
+
+@pytest.mark.parametrize("raw, expected", [
+    (True, True), (False, False), ("true", True), (" False ", False), ("TRUE", True), (1, True),
+    (0, False), ("1", True), ("0", False),
+])
+def test_switches_take_booleans_words_and_one_or_zero(raw, expected):
+    request = parse_request("generate", {"tags": "x", "use_erg_lyric": raw})
+    assert request.use_erg_lyric is expected and "use_erg_lyric" in request.explicit
+
+
+@pytest.mark.parametrize("raw", ["yes", "", 2, -1, 0.5, [], "on"])
+def test_switches_refuse_anything_else(raw):
+    with pytest.raises(InputError, match="'use_erg_tag' must be true or false"):
+        parse_request("generate", {"tags": "x", "use_erg_tag": raw})
+
+
+def test_erg_switches_default_on_as_upstream():
+    request = parse_request("generate", {"tags": "x"})
+    assert (request.use_erg_tag, request.use_erg_lyric, request.use_erg_diffusion) == (True,) * 3
+
+
+@pytest.mark.parametrize("raw, expected", [
+    ([16, 29, 52], (16, 29, 52)), ("16, 29, 52, 76, 100", (16, 29, 52, 76, 100)),
+    ("16 29,52", (16, 29, 52)), ((3,), (3,)), ([5.0, "7"], (5, 7)), ("", ()), ("  ", ()), ([], ()),
+])
+def test_oss_steps_take_a_list_or_upstreams_text(raw, expected):
+    request = parse_request("generate", {"tags": "x", "oss_steps": raw})
+    assert request.oss_steps == expected
+
+
+@pytest.mark.parametrize("raw, message", [
+    ([0, 5], "'oss_steps' entries must be between 1 and 1000, not 0"),
+    ("16, 1001", "entries must be between 1 and 1000, not 1001"),
+    ([16, 16], "'oss_steps' must increase, but 16 follows 16"),
+    ("52, 29", "must increase, but 29 follows 52"),
+    ("16, x", "'oss_steps' must be a number, not 'x'"),
+    ([1.5], "'oss_steps' must be a whole number"),
+    ([True], "'oss_steps' must be a number"),
+    (16, r"'oss_steps' must be a list of whole numbers such as \[16, 29, 52\]"),
+    (list(range(1, 202)), "'oss_steps' has 201 entries; at most 200"),
+])
+def test_bad_oss_steps_say_what_is_wrong(raw, message):
+    with pytest.raises(InputError, match=message):
+        parse_request("generate", {"tags": "x", "oss_steps": raw})
+
+
+def test_oss_steps_do_not_go_with_heun():
+    with pytest.raises(InputError, match="oss_steps work with the euler and pingpong schedulers"):
+        parse_request("generate", {"tags": "x", "oss_steps": "10, 20", "scheduler": "heun"})
+    assert parse_request("generate", {"tags": "x", "oss_steps": "", "scheduler": "heun"}).oss_steps == ()
+
+
+def test_v1_fields_and_their_ranges():
+    request = parse_request("generate", {"tags": "x", "scheduler": "pingpong", "variance": 0.3,
+                                         "lora": "ACE-Step/ACE-Step-v1-chinese-rap-LoRA",
+                                         "lora_scale": -0.5,
+                                         "reference_audio_url": "https://example.com/ref.mp3",
+                                         "audio2audio_strength": 0.8})
+    assert request.scheduler == "pingpong" and request.variance == 0.3
+    assert (request.lora, request.lora_scale) == ("ACE-Step/ACE-Step-v1-chinese-rap-LoRA", -0.5)
+    assert request.reference_audio == "https://example.com/ref.mp3"
+    assert request.explicit >= {"reference_audio", "audio2audio_strength"}
+    plain = parse_request("generate", {"tags": "x"})
+    assert (plain.variance, plain.reference_audio, plain.audio2audio_strength) == (0.0, "", 0.5)
+    assert (plain.lora, plain.lora_scale, plain.oss_steps) == ("", 1.0, ())
+    with pytest.raises(InputError, match="'lora_scale' must be between -3 and 3, not 4"):
+        parse_request("generate", {"tags": "x", "lora_scale": 4})
+    with pytest.raises(InputError, match="'variance' must be between 0 and 1"):
+        parse_request("generate", {"tags": "x", "variance": 1.5})
+    with pytest.raises(InputError, match="both 'reference_audio' and 'reference_audio_url' are set"):
+        parse_request("generate", {"tags": "x", "reference_audio": "a.wav",
+                                   "reference_audio_url": "b.wav"})
+    with pytest.raises(InputError, match="unknown parameter 'reference_audio' for inpaint"):
+        parse_request("inpaint", {"tags": "x", "audio": "a.wav", "reference_audio": "b.wav"})
+
+
+def test_edit_is_the_hosted_audio_to_audio_request():
+    request = parse_request("edit", {"audio_url": "https://example.com/a.wav", "tags": "jazz",
+                                     "original_tags": "pop, piano"})
+    assert isinstance(request, EditRequest) and request.task == "edit"
+    assert request.audio == "https://example.com/a.wav"
+    assert (request.edit_mode, request.original_lyrics, request.original_seed) == ("remix", "", -1)
+    assert request.explicit == {"audio", "tags", "original_tags"}
+    lyrics = parse_request("edit", {**REQUIRED["edit"], "edit_mode": "lyrics", "original_seed": 42,
+                                    "original_lyrics": "[verse]\nold words"})
+    assert (lyrics.edit_mode, lyrics.original_seed) == ("lyrics", 42)
+
+
+@pytest.mark.parametrize("payload, message", [
+    ({"tags": "x", "audio": "a.wav"}, "'original_tags' is required for edit"),
+    ({"tags": "x", "audio": "a.wav", "original_tags": " "}, "'original_tags' is required for edit"),
+    ({"tags": "x", "original_tags": "pop"}, "'audio' is required for edit"),
+    ({"audio": "a.wav", "original_tags": "pop"}, "'tags' is required for edit"),
+    ({**REQUIRED["edit"], "edit_mode": "only_lyrics"}, "'edit_mode' must be one of remix, lyrics"),
+    ({**REQUIRED["edit"], "original_seed": -2}, "'original_seed' must be between -1 and 2147483647"),
+    ({**REQUIRED["edit"], "variance": 0.5}, "unknown parameter 'variance' for edit"),
+])
+def test_edit_rejections(payload, message):
+    with pytest.raises(InputError, match=message):
+        parse_request("edit", payload)
+
+
+def test_schema_names_the_kinds():
+    generate = schema("generate")
+    assert generate["use_erg_tag"]["type"] == "bool" and generate["use_erg_tag"]["default"] is True
+    assert generate["oss_steps"]["type"] == "int_list" and generate["oss_steps"]["default"] == ()
+    assert generate["scheduler"]["choices"] == ("euler", "heun", "pingpong")
+    assert "pingpong" in generate["scheduler"]["help"] and "v1 only" in generate["lora"]["help"]
+    v1_only = ["use_erg_tag", "use_erg_lyric", "use_erg_diffusion", "oss_steps", "lora",
+               "lora_scale", "variance", "reference_audio", "audio2audio_strength"]
+    assert all(generate[name]["advanced"] and "ACE-Step v1" in generate[name]["help"]
+               for name in v1_only)
+    edit = schema("edit")
+    assert list(edit)[-5:] == ["audio", "edit_mode", "original_tags", "original_lyrics",
+                               "original_seed"]
+    assert edit["original_tags"]["required"] and edit["original_seed"]["advanced"]
+    assert {spec["type"] for task in TASKS for spec in schema(task).values()} == {
+        "str", "int", "float", "bool", "int_list"}
+
+
+@pytest.mark.parametrize("name, value, expected", [
+    ("oss_steps", "", True), ("oss_steps", " ", True), ("oss_steps", [], True),
+    ("oss_steps", "16", False), ("use_erg_tag", True, True), ("use_erg_tag", False, False),
+    ("number_of_steps", 27.0, True), ("number_of_steps", 28, False), ("lora", "", True),
+    ("reference_audio", None, True), ("guidance_scale", "oops", False),
+])
+def test_is_default_reads_form_values(name, value, expected):
+    assert is_default("generate", name, value) is expected

@@ -26,12 +26,44 @@ def read(path: str) -> soundfile._SoundFileInfo:
 
 def test_named_endpoints_take_the_hosted_parameter_names(client):
     endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
-    assert set(endpoints) == {"/generate", "/inpaint", "/outpaint"}
-    for task in ("generate", "inpaint", "outpaint"):
+    assert set(endpoints) == {"/generate", "/inpaint", "/outpaint", "/edit"}
+    for task in TASKS:
         info = endpoints[f"/{task}"]
         names = [p["parameter_name"] for p in info["parameters"]]
         assert names == [*schema(task), "model", "format"]
         assert [r["label"] for r in info["returns"]] == ["Result", "Seed used", "Params"]
+
+
+def test_edit_endpoint_takes_the_hosted_audio_to_audio_names(client):
+    info = client.view_api(print_info=False, return_format="dict")["named_endpoints"]["/edit"]
+    parameters = {p["parameter_name"]: p for p in info["parameters"]}
+    hosted = {"audio", "edit_mode", "original_tags", "original_lyrics", "tags", "lyrics",
+              "number_of_steps", "seed", "scheduler", "guidance_type", "granularity_scale",
+              "guidance_interval", "guidance_interval_decay", "guidance_scale",
+              "minimum_guidance_scale", "tag_guidance_scale", "lyric_guidance_scale",
+              "original_seed"}
+    assert hosted <= set(parameters)
+    assert parameters["edit_mode"]["parameter_default"] == "remix"
+    assert parameters["original_tags"]["parameter_has_default"]  # required: checked on the server
+
+
+def test_edit_on_a_1_5_model_says_which_model_to_choose(client, sine_wav):
+    with pytest.raises(AppError, match=r"edit \(audio-to-audio\) needs ACE-Step v1 "
+                                       r"\(ACE-Step/ACE-Step-v1-3\.5B\); choose it as the model"):
+        client.predict(audio=handle_file(str(sine_wav)), original_tags="lofi", tags="jazz",
+                       api_name="/edit")
+    with pytest.raises(AppError, match="'original_tags' is required for edit"):
+        client.predict(audio=handle_file(str(sine_wav)), tags="jazz", api_name="/edit")
+
+
+def test_v1_switches_and_schedules_at_their_defaults_are_not_sent(client):
+    _, _, params = client.predict(tags="lofi", duration=2, use_erg_tag=True, oss_steps="  ",
+                                  lora="", variance=0.0, api_name="/generate", **FAST)
+    assert params["ignored_params"] == []
+    _, _, params = client.predict(tags="lofi", duration=2, use_erg_tag=False, oss_steps="4, 8",
+                                  variance=0.5, api_name="/generate", **FAST)
+    assert params["ignored_params"] == ["oss_steps", "use_erg_tag", "variance"]
+    assert params["request"]["oss_steps"] == [4, 8]
 
 
 @pytest.mark.parametrize("fmt,magic", [("wav", b"RIFF"), ("flac", b"fLaC"), ("mp3", b"ID3")])
@@ -107,6 +139,10 @@ def test_the_three_tasks_share_one_gpu_slot(served):
 
 
 def test_advanced_shows_what_the_model_honours(tiny_v15, tiny_v15_base):
+    assert visible_advanced(str(tiny_v15), "edit") == []  # 1.5 does not edit
+    v1 = visible_advanced("ACE-Step/ACE-Step-v1-3.5B", "generate")
+    assert {"use_erg_tag", "use_erg_lyric", "use_erg_diffusion", "oss_steps", "lora", "lora_scale",
+            "variance", "reference_audio", "audio2audio_strength", "scheduler"} <= set(v1)
     assert visible_advanced(str(tiny_v15), "generate") == ["number_of_steps"]
     assert visible_advanced(str(tiny_v15), "inpaint") == ["retake_seed", "number_of_steps"]
     guided = ["number_of_steps", "guidance_interval", "guidance_scale"]

@@ -1,14 +1,21 @@
+import json
+import re
 import shutil
+from pathlib import Path
 
 import pytest
 import soundfile as sf
 import torch
 
-from ace_step_ui import tasks
-from ace_step_ui.audio import read_audio
-from ace_step_ui.engines import EngineManager, family_for
+from ace_step_ui import engines, tasks
+from ace_step_ui.audio import Audio, read_audio
+from ace_step_ui.engines import (DEFAULT_MODEL, EngineManager, EngineOutput, Family, families,
+                                 family_for)
 from ace_step_ui.errors import Cancelled, InputError, ModelUnavailableError
-from ace_step_ui.v15.engine import blended_noise, guidance_window, lyrics_for_v15
+from ace_step_ui.requests import parse_request
+from ace_step_ui.v15.engine import blended_noise, guidance_window, honoured, lyrics_for_v15
+
+NEEDS_V1 = "needs ACE-Step v1 (ACE-Step/ACE-Step-v1-3.5B); choose it as the model"
 
 FAST = {"number_of_steps": 2}
 
@@ -211,8 +218,10 @@ def test_a_folder_in_the_hub_cache_layout_loads(tiny_v15, tmp_path):
 
 
 def test_a_folder_that_is_no_checkpoint_is_refused(tmp_path):
-    with pytest.raises(ModelUnavailableError, match="not a checkpoint this app can load"):
+    with pytest.raises(ModelUnavailableError, match="not a checkpoint this app can load") as error:
         family_for(str(tmp_path))
+    assert "ace_step_transformer/, music_dcae_f8c8/, music_vocoder/ and umt5-base/" in str(error.value)
+    assert "AceStepPipeline" in str(error.value)
     with pytest.raises(InputError, match="neither a folder on this machine nor a Hub id"):
         family_for("no-such-thing")
 
@@ -221,3 +230,140 @@ def test_small_mappings():
     assert lyrics_for_v15(" [inst] ") == "[Instrumental]"
     assert lyrics_for_v15("[verse]\nhello") == "[verse]\nhello"
     assert guidance_window(1.0) == (0.0, 1.0) and guidance_window(0.0) == (0.5, 0.5)
+
+
+def test_v1_is_the_default_family_whatever_was_imported_first():
+    # this module imported the 1.5 engine first; the order of preference still puts v1 first
+    assert [family.name for family in families()][:2] == ["ACE-Step v1", "ACE-Step 1.5"]
+    assert DEFAULT_MODEL == "ACE-Step/ACE-Step-v1-3.5B"
+    assert family_for(DEFAULT_MODEL).name == "ACE-Step v1"
+
+
+@pytest.mark.parametrize("model, family", [
+    ("ACE-Step/acestep-v15-xl-base-diffusers", "ACE-Step 1.5"),
+    ("someone/acestep-v15-xl-sft-diffusers", "ACE-Step 1.5"),
+    ("someone/ACE-Step-v1-3.5B-finetune", "ACE-Step v1"),
+    ("nobody/acestep-nonexistent", "ACE-Step v1"),  # as like one as the other: the default
+    ("someone/my-song-model", "ACE-Step v1"),
+])
+def test_an_unknown_hub_id_goes_to_the_family_of_the_nearest_name(model, family):
+    assert family_for(model).name == family
+
+
+def test_edit_and_a_reference_are_refused_before_the_audio_is_read(manager, tiny_v15):
+    with pytest.raises(InputError, match=r"^edit \(audio-to-audio\) " + re.escape(NEEDS_V1)):
+        tasks.run("edit", {"audio": "/no/such.wav", "tags": "jazz", "original_tags": "pop"},
+                  manager, str(tiny_v15))
+    with pytest.raises(InputError, match=re.escape(NEEDS_V1) + ", or clear reference_audio"):
+        tasks.run("generate", {"tags": "x", "reference_audio": "/no/such.wav"}, manager,
+                  str(tiny_v15))
+    assert honoured("turbo", "edit") == frozenset() and honoured("base", "edit") == frozenset()
+
+
+def test_the_engine_itself_refuses_them_too(manager, tiny_v15, sine_wav):
+    engine = manager.get(str(tiny_v15))
+    request = parse_request("edit", {"audio": "a.wav", "tags": "jazz", "original_tags": "pop"})
+    with pytest.raises(InputError, match=re.escape(NEEDS_V1)):
+        engine.edit(request, read_audio(sine_wav), 1, 2, lambda step, total: None)
+    with pytest.raises(InputError, match=re.escape(NEEDS_V1)):
+        engine.generate(parse_request("generate", {"tags": "x"}), 1, 2, lambda step, total: None,
+                        reference=read_audio(sine_wav))
+
+
+def test_v1_parameters_are_not_honoured_and_are_reported(manager, tiny_v15):
+    plain = run(manager, tiny_v15, "generate", duration=1, seed=5)
+    v1_only = {"variance": 0.4, "use_erg_tag": False, "use_erg_lyric": "false",
+               "use_erg_diffusion": 0, "oss_steps": "3, 6", "lora": "some/lora", "lora_scale": 0.5,
+               "audio2audio_strength": 0.9, "scheduler": "pingpong"}
+    result = run(manager, tiny_v15, "generate", duration=1, seed=5, **v1_only)
+    assert result.params["ignored_params"] == sorted(v1_only)
+    assert torch.equal(plain.audio.samples, result.audio.samples)  # variance is not a retake here
+    assert result.params["request"]["oss_steps"] == (3, 6)
+    assert result.latents is None  # diffusers decodes inside its pipeline
+
+
+def test_latents_are_saved_as_float32_next_to_the_audio(manager, tiny_v15, tmp_path):
+    from safetensors.torch import load_file
+
+    with pytest.raises(InputError, match="returns no diffusion latents, so none can be saved"):
+        tasks.run("generate", {"tags": "x", "reference_audio": ""}, manager, str(tiny_v15),
+                  need_latents=True, on_step=lambda step, total: pytest.fail("it ran"))
+    result = run(manager, tiny_v15, "generate", duration=1, seed=5)
+    with pytest.raises(InputError, match="returns no diffusion latents, so none can be saved"):
+        tasks.save_result(result, tmp_path / "none", "wav", save_latents=True)
+    assert not (tmp_path / "none").exists()  # refused before anything is written
+
+    latents = torch.randn(1, 8, 20, 16, dtype=torch.bfloat16).transpose(2, 3)  # (1, 8, 16, 20)
+    result.latents = latents
+    path = tasks.save_result(result, tmp_path, "wav", save_latents=True)
+    saved = tasks.latents_path(path)
+    assert saved == path.with_name(path.stem + ".latents.safetensors") and saved.is_file()
+    stored = load_file(saved)
+    assert list(stored) == ["latents"]
+    assert stored["latents"].dtype == torch.float32 and stored["latents"].shape == (1, 8, 16, 20)
+    assert torch.equal(stored["latents"], latents.float())
+    assert json.loads(path.with_suffix(".json").read_text())["latents_path"] == str(saved)
+    plain = tasks.save_result(result, tmp_path / "plain", "wav")
+    assert not tasks.latents_path(plain).exists()
+
+
+class RecordingEngine:
+    """An engine that returns silence and latents, and records what `tasks.run` handed it."""
+
+    model_id = "recording"
+    sample_rate = 48000
+
+    def __init__(self):
+        self.calls = []
+
+    def honoured(self, task):
+        return frozenset({"tags", "seed", "retake_seed", "audio", "reference_audio",
+                          "original_tags"})
+
+    def _output(self, name, **arguments):
+        self.calls.append((name, arguments))
+        return EngineOutput(Audio(torch.zeros(2, 4800), 48000), {"ran": name},
+                            latents=torch.ones(1, 8, 16, 3))
+
+    def generate(self, request, seed, retake_seed, on_step, reference=None):
+        return self._output("generate", seed=seed, retake_seed=retake_seed, reference=reference)
+
+    def edit(self, request, source, seed, retake_seed, on_step):
+        return self._output("edit", seed=seed, retake_seed=retake_seed, source=source)
+
+
+@pytest.fixture
+def recording(monkeypatch, tmp_path):
+    """A model folder that a test-only family loads as a `RecordingEngine`."""
+    engine = RecordingEngine()
+    folder = tmp_path / "recording-model"
+    folder.mkdir()
+    family = Family(name="recording", hub_ids=(), is_checkpoint=lambda path: path == folder,
+                    resolve=Path, load=lambda root, model, device, dtype: engine,
+                    honoured=lambda model, task: engine.honoured(task))
+    monkeypatch.setattr(engines, "_FAMILIES", [*families(), family])
+    return engine, str(folder)
+
+
+def test_edit_hands_the_source_and_both_seeds_to_the_engine(recording, sine_wav):
+    engine, model = recording
+    result = tasks.run("edit", {"audio": str(sine_wav), "tags": "jazz", "original_tags": "lofi",
+                                "seed": 3, "original_seed": 9}, EngineManager(device="cpu"), model)
+    name, arguments = engine.calls[-1]
+    assert name == "edit" and (arguments["seed"], arguments["retake_seed"]) == (3, 4)
+    assert torch.equal(arguments["source"].samples, read_audio(sine_wav).samples)
+    assert result.params["retake_seed"] == 4 and result.params["original_seed"] == 9
+    assert result.params["ignored_params"] == ["original_seed"]
+    assert result.latents.shape == (1, 8, 16, 3)
+
+
+def test_generate_reads_the_reference_audio_and_hands_it_over(recording, sine_wav):
+    engine, model = recording
+    result = tasks.run("generate", {"tags": "x", "reference_audio_url": str(sine_wav), "seed": 1},
+                       EngineManager(device="cpu"), model)
+    name, arguments = engine.calls[-1]
+    assert name == "generate" and arguments["reference"].frames == read_audio(sine_wav).frames
+    assert result.params["reference"] == {"sample_rate": 44100, "channels": 2, "duration_s": 4.0}
+    assert "original_seed" not in result.params
+    tasks.run("generate", {"tags": "x", "seed": 1}, EngineManager(device="cpu"), model)
+    assert engine.calls[-1][1]["reference"] is None

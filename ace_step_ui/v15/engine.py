@@ -8,6 +8,9 @@ diffusers regenerates the whole clip when it repaints and has no extend, so both
 3. the result goes back to the source's sample rate and channels, is level-matched to the source
    context it re-rendered (diffusers peak-normalises every output), and is spliced into the original
    with equal-power crossfades inside the edited range, so every sample outside it is the input's.
+
+The edit task and audio-to-audio (a reference track) are ACE-Step v1's; 1.5 refuses them before any
+work, and does not honour v1's other parameters (ERG, oss_steps, LoRA, a generate variance).
 """
 
 from __future__ import annotations
@@ -21,9 +24,12 @@ import torch
 
 from .. import audio as audio_ops
 from ..audio import Audio
-from ..engines import EngineOutput, Family, StepCallback, pick_device, pick_dtype, read_json, register
+from ..engines import (DEFAULT_MODEL, EngineOutput, Family, StepCallback, pick_device, pick_dtype,
+                       read_json, register)
+from ..errors import InputError
 from ..hub import download, local_checkpoint, require_files
-from ..requests import GenerateRequest, InpaintRequest, OutpaintRequest, is_instrumental
+from ..requests import (BaseRequest, EditRequest, GenerateRequest, InpaintRequest, OutpaintRequest,
+                        is_instrumental)
 
 HUB_IDS = ("ACE-Step/acestep-v15-xl-turbo-diffusers", "ACE-Step/acestep-v15-xl-base-diffusers")
 PIPELINE_CLASS = "AceStepPipeline"
@@ -101,12 +107,28 @@ def variant_of(model: str) -> str:
 
 
 def honoured(variant: str, task: str) -> frozenset[str]:
-    """The request parameters a 1.5 `variant` applies for `task`."""
+    """The request parameters a 1.5 `variant` applies for `task` (none for a task it lacks)."""
+    if task not in TASK_PARAMS:
+        return frozenset()
     return COMMON | (GUIDED if variant == "base" else frozenset()) | TASK_PARAMS[task]
 
 
+def check_request(model: str, request: BaseRequest) -> None:
+    """Refuse what only ACE-Step v1 can do, before the source is read or the model loaded."""
+    if isinstance(request, EditRequest):
+        raise _needs_v1("edit (audio-to-audio)")
+    if isinstance(request, GenerateRequest) and request.reference_audio:
+        raise _needs_v1("audio-to-audio from a reference_audio", "or clear reference_audio")
+
+
+def _needs_v1(what: str, alternative: str = "") -> InputError:
+    return InputError(f"{what} needs ACE-Step v1 ({DEFAULT_MODEL}); choose it as the model"
+                      + (f", {alternative}" if alternative else ""))
+
+
 register(Family(name="ACE-Step 1.5", hub_ids=HUB_IDS, is_checkpoint=is_checkpoint, resolve=resolve,
-                load=load, honoured=lambda model, task: honoured(variant_of(model), task)))
+                load=load, honoured=lambda model, task: honoured(variant_of(model), task),
+                check_request=check_request, returns_latents=False))
 
 
 def lyrics_for_v15(lyrics: str) -> str:
@@ -147,7 +169,10 @@ class AceStep15Engine:
         return honoured(self.variant, task)
 
     def generate(self, request: GenerateRequest, seed: int, retake_seed: int,
-                 on_step: StepCallback) -> EngineOutput:
+                 on_step: StepCallback, reference: Audio | None = None) -> EngineOutput:
+        # v1's retake variance is not honoured here: the song is the seed's (reported as ignored).
+        if reference is not None:
+            raise _needs_v1("audio-to-audio from a reference_audio", "or clear reference_audio")
         settings = self._settings(request)
         wave = self._run(request, settings, seed, on_step, total_steps=settings["num_inference_steps"],
                          audio_duration=request.duration,
@@ -199,6 +224,10 @@ class AceStep15Engine:
         after = pieces.get("after", torch.zeros(channels, 0))
         extended = torch.cat([before, source.samples, after], dim=-1)
         return EngineOutput(Audio(extended, source.sample_rate), {**settings, "gain": gains})
+
+    def edit(self, request: EditRequest, source: Audio, seed: int, retake_seed: int,
+             on_step: StepCallback) -> EngineOutput:
+        raise _needs_v1("edit (audio-to-audio)")
 
     def _extend(self, request: OutpaintRequest, settings: dict[str, Any], source: Audio, side: str,
                 seconds: float, seed: int, on_step: StepCallback, step_offset: int,

@@ -1,0 +1,122 @@
+"""The two attentions of the ACE-Step v1 DiT block, and its rotary position embedding.
+
+Self-attention over the latent frames is ReLU linear attention (Sana's "LiteLA"); cross-attention to
+the condition sequence is ordinary softmax attention. Both rotate queries and keys with RoPE. Layer
+names (`to_q`, `to_k`, `to_v`, `to_out.0`, the unused `add_*` projections) are the checkpoint's, and
+every projection is an `nn.Linear` called as a module, so LoRA layers can wrap them.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# Added to the linear-attention denominator (upstream's value); only matters for all-zero rows.
+LINEAR_ATTENTION_EPS = 1e-15
+
+
+def rotary_tables(length: int, head_dim: int, theta: float, device: torch.device,
+                  dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin `[length, head_dim]` for positions 0..length-1, frequencies in half-split layout.
+
+    Computed in float32 like upstream's cached tables, then cast to the activations' dtype.
+    """
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64, device=device).float()
+                                / head_dim))
+    positions = torch.arange(length, dtype=torch.int64, device=device).float()
+    angles = torch.outer(positions, inv_freq)
+    angles = torch.cat((angles, angles), dim=-1)
+    return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate `x [B, H, S, D]` by the tables `[S, D]`, in float32.
+
+    Upstream quirk kept on purpose: the tables use the half-split layout (element j has frequency
+    j mod D/2) but the rotation pairs neighbours (2k, 2k+1). The weights were trained this way.
+    """
+    even, odd = x.reshape(*x.shape[:-1], -1, 2).unbind(-1)
+    rotated = torch.stack([-odd, even], dim=-1).flatten(3)
+    return (x.float() * cos + rotated.float() * sin).to(x.dtype)
+
+
+def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """`[B, S, H*D]` -> `[B, H, S, D]`."""
+    batch, length, _ = x.shape
+    return x.view(batch, length, heads, -1).transpose(1, 2)
+
+
+class LinearSelfAttention(nn.Module):
+    """ReLU linear attention over the latent frames: out_s = sum_t v_t (k_t . q_s) / sum_t (k_t . q_s)."""
+
+    def __init__(self, dim: int, heads: int, head_dim: int):
+        super().__init__()
+        self.heads = heads
+        inner = heads * head_dim
+        self.to_q = nn.Linear(dim, inner)
+        self.to_k = nn.Linear(dim, inner)
+        self.to_v = nn.Linear(dim, inner)
+        self.to_out = nn.ModuleList([nn.Linear(inner, dim)])
+
+    def forward(self, hidden_states: torch.Tensor, mask: torch.Tensor,
+                rotary: tuple[torch.Tensor, torch.Tensor], query_scale: float = 1.0) -> torch.Tensor:
+        dtype = hidden_states.dtype
+        batch, length, _ = hidden_states.shape
+        query = self.to_q(hidden_states)
+        if query_scale != 1.0:
+            query = query * query_scale
+        query = apply_rotary(split_heads(query, self.heads), *rotary).transpose(-1, -2)  # [B,H,D,S]
+        key = apply_rotary(split_heads(self.to_k(hidden_states), self.heads), *rotary)  # [B,H,S,D]
+        value = split_heads(self.to_v(hidden_states), self.heads).transpose(-1, -2)  # [B,H,D,S]
+
+        frame_mask = mask[:, None, :, None].to(key.dtype)  # [B,1,S,1]
+        query = torch.relu(query * frame_mask.transpose(-1, -2))
+        key = torch.relu(key * frame_mask)
+        value = value * frame_mask.transpose(-1, -2)
+
+        # A row of ones appended to v makes the same two matmuls also give the denominator.
+        value = F.pad(value.float(), (0, 0, 0, 1), value=1.0)
+        weighted = torch.matmul(torch.matmul(value, key.float()), query.float())  # [B,H,D+1,S]
+        out = weighted[:, :, :-1] / (weighted[:, :, -1:] + LINEAR_ATTENTION_EPS)
+        out = out.reshape(batch, -1, length).transpose(1, 2).to(dtype)
+        return self.to_out[0](out)
+
+
+class CrossAttention(nn.Module):
+    """Softmax attention from latent frames to the condition sequence, RoPE on both sides.
+
+    `add_q_proj`, `add_k_proj`, `add_v_proj` and `to_add_out` are in the checkpoint but never used at
+    inference; they exist so that loading stays strict.
+    """
+
+    def __init__(self, dim: int, heads: int, head_dim: int):
+        super().__init__()
+        self.heads = heads
+        inner = heads * head_dim
+        self.to_q = nn.Linear(dim, inner)
+        self.to_k = nn.Linear(dim, inner)
+        self.to_v = nn.Linear(dim, inner)
+        self.add_k_proj = nn.Linear(dim, inner)
+        self.add_v_proj = nn.Linear(dim, inner)
+        self.add_q_proj = nn.Linear(dim, inner)
+        self.to_out = nn.ModuleList([nn.Linear(inner, dim)])
+        self.to_add_out = nn.Linear(inner, dim)
+
+    def forward(self, hidden_states: torch.Tensor, mask: torch.Tensor, context: torch.Tensor,
+                context_mask: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor],
+                context_rotary: tuple[torch.Tensor, torch.Tensor], query_scale: float = 1.0) -> torch.Tensor:
+        batch = hidden_states.shape[0]
+        query = self.to_q(hidden_states)
+        if query_scale != 1.0:
+            query = query * query_scale
+        query = apply_rotary(split_heads(query, self.heads), *rotary)
+        key = apply_rotary(split_heads(self.to_k(context), self.heads), *context_rotary)
+        value = split_heads(self.to_v(context), self.heads)
+
+        pair_mask = mask[:, :, None] * context_mask[:, None, :]
+        bias = torch.where(pair_mask == 1, 0.0, -torch.inf)
+        bias = bias[:, None].expand(-1, self.heads, -1, -1).to(query.dtype)
+        out = F.scaled_dot_product_attention(query, key, value, attn_mask=bias)
+        out = out.transpose(1, 2).reshape(batch, -1, self.heads * query.shape[-1]).to(query.dtype)
+        return self.to_out[0](out)

@@ -1,0 +1,101 @@
+"""The v1 music autoencoder: stereo audio <-> DCAE latents `[B, 8, 16, frames]`.
+
+Encoding: resample to 44.1 kHz, pad to whole latent frames, log-mel per channel (the vocoder's
+`mel_transform`), normalise, `AutoencoderDC.encoder`, then shift and scale. Decoding runs it back:
+`AutoencoderDC.decoder` to a two-channel log-mel, the vocoder on each channel, resample to 48 kHz.
+The DCAE (`music_dcae_f8c8/`) is diffusers' `AutoencoderDC`, built from the checkpoint's own config.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from diffusers import AutoencoderDC
+
+from ..audio import resample
+from .vocoder import HiFiGANVocoder
+
+# Latent normalisation and mel range: fixed in upstream's MusicDCAE, not stored in any config.json
+# (the config's `scaling_factor` 0.41407 is unused because only encoder/decoder are called).
+LATENT_SCALE = 0.1786
+LATENT_SHIFT = -1.9091
+MEL_MIN = -11.0
+MEL_MAX = 3.0
+
+MODEL_SAMPLE_RATE = 44100
+OUTPUT_SAMPLE_RATE = 48000
+MEL_HOP_SAMPLES = 512
+MEL_FRAMES_PER_LATENT_FRAME = 8  # the DCAE's time compression
+SAMPLES_PER_LATENT_FRAME = MEL_HOP_SAMPLES * MEL_FRAMES_PER_LATENT_FRAME
+LATENT_FRAMES_PER_SECOND = MODEL_SAMPLE_RATE / MEL_HOP_SAMPLES / MEL_FRAMES_PER_LATENT_FRAME
+AUDIO_CHANNELS = 2
+
+
+def build_dcae(config: dict[str, Any]) -> AutoencoderDC:
+    """`AutoencoderDC` from the parsed `music_dcae_f8c8/config.json`, randomly initialised.
+    Allocates nothing when called under `torch.device("meta")`."""
+    return AutoencoderDC.from_config(config)
+
+
+def normalise_log_mel(mel: torch.Tensor) -> torch.Tensor:
+    """Log-mel in [MEL_MIN, MEL_MAX] -> [-1, 1] (values outside are not clamped, as upstream)."""
+    return ((mel - MEL_MIN) / (MEL_MAX - MEL_MIN) - 0.5) / 0.5
+
+
+def denormalise_log_mel(normalised: torch.Tensor) -> torch.Tensor:
+    return (normalised * 0.5 + 0.5) * (MEL_MAX - MEL_MIN) + MEL_MIN
+
+
+def pad_to_latent_frames(samples: torch.Tensor) -> torch.Tensor:
+    """Zero-pad the last axis (44.1 kHz samples) up to a whole number of latent frames."""
+    remainder = samples.shape[-1] % SAMPLES_PER_LATENT_FRAME
+    if remainder == 0:
+        return samples
+    return torch.nn.functional.pad(samples, (0, SAMPLES_PER_LATENT_FRAME - remainder))
+
+
+def decoded_samples(latent_frames: int, sample_rate: int = OUTPUT_SAMPLE_RATE) -> int:
+    """Samples `MusicDCAE.decode` returns for `latent_frames` frames: ceil(frames * 4096 * sr / 44100)."""
+    return -(-latent_frames * SAMPLES_PER_LATENT_FRAME * sample_rate // MODEL_SAMPLE_RATE)
+
+
+class MusicDCAE:
+    """Stereo audio <-> latents with a loaded DCAE and vocoder (upstream's MusicDCAE, no own weights).
+
+    The mel front end and the resampling run in float32; the networks run in their own dtype.
+    Items of a batch go through the DCAE one at a time, as upstream does.
+    """
+
+    def __init__(self, dcae: AutoencoderDC, vocoder: HiFiGANVocoder) -> None:
+        self.dcae = dcae
+        self.vocoder = vocoder
+
+    @torch.no_grad()
+    def encode(self, audio: torch.Tensor, sample_rate: int) -> torch.Tensor:
+        """`[B, 2, N]` samples at `sample_rate` -> latents `[B, 8, 16, ceil(N' / 4096)]` in the DCAE's
+        dtype, N' being the length at 44.1 kHz."""
+        if audio.ndim != 3 or audio.shape[1] != AUDIO_CHANNELS:
+            raise ValueError(f"MusicDCAE.encode expects audio [batch, 2, samples], got {list(audio.shape)}")
+        parameter = next(self.dcae.parameters())
+        samples = audio.to(device=self.vocoder.mel_transform.spectrogram.window.device, dtype=torch.float32)
+        samples = pad_to_latent_frames(resample(samples, sample_rate, MODEL_SAMPLE_RATE))
+        mel = normalise_log_mel(self.vocoder.mel_transform(samples))
+        mel = mel.to(device=parameter.device, dtype=parameter.dtype)
+        latents = torch.cat([self.dcae.encoder(item[None]) for item in mel])
+        return (latents - LATENT_SHIFT) * LATENT_SCALE
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents `[B, 8, 16, F]` -> float32 stereo `[B, 2, decoded_samples(F)]` at 48 kHz."""
+        parameter = next(self.dcae.parameters())
+        vocoder_parameter = next(self.vocoder.parameters())
+        latents = latents.to(device=parameter.device, dtype=parameter.dtype)
+        waves = []
+        for item in latents / LATENT_SCALE + LATENT_SHIFT:
+            mel = denormalise_log_mel(self.dcae.decoder(item[None]))[0]  # [2, n_mels, 8F]
+            mel = mel.to(device=vocoder_parameter.device, dtype=vocoder_parameter.dtype)
+            # One channel at a time, as upstream does, to bound the vocoder's peak memory.
+            channels = [self.vocoder(mel[channel][None])[0, 0] for channel in range(mel.shape[0])]
+            waves.append(torch.stack(channels).float())
+        return resample(torch.stack(waves), MODEL_SAMPLE_RATE, OUTPUT_SAMPLE_RATE)

@@ -1,0 +1,156 @@
+"""The v1 audio path: log-mel front end, vocoder, DCAE, checked against the parity fixture."""
+
+from __future__ import annotations
+
+import json
+
+import numpy
+import pytest
+import soundfile
+import torch
+from safetensors import safe_open
+
+from ace_step_ui.v1 import checkpoint
+from ace_step_ui.v1.autoencoder import (
+    LATENT_FRAMES_PER_SECOND,
+    OUTPUT_SAMPLE_RATE,
+    SAMPLES_PER_LATENT_FRAME,
+    MusicDCAE,
+    build_dcae,
+    decoded_samples,
+)
+from ace_step_ui.v1.mel import periodic_hann_window, slaney_mel_filterbank
+from ace_step_ui.v1.vocoder import HiFiGANVocoder, VocoderConfig
+from ace_step_ui.v1.weights import build_on_meta, load_weights
+from v1_fixture import FIXTURE, cases, refs
+
+FULL_SIZE = json.loads((FIXTURE / "full_size_keys.json").read_text())["components"]
+RECOMMENDED = json.loads((FIXTURE / "tolerances.json").read_text())["recommended"]
+LATENT_ATOL = RECOMMENDED["infer_latents (DCAE encode of the fixture's source WAV)"]["atol"]
+WAV_ATOL = RECOMMENDED["WAV decoded by your DCAE+vocoder from the REFERENCE final_latents.000"]["atol"]
+MEL_BUFFER_ATOL = 1e-6
+WAV_CASES = [name for name, case in cases().items() if case.get("output_wavs")]
+CPU = torch.device("cpu")
+
+
+def file_keys(component: str) -> dict[str, list[int]]:
+    keys = FULL_SIZE[component]["file_keys"]
+    return dict(keys) if isinstance(keys, list) else keys
+
+
+def shapes(module: torch.nn.Module) -> dict[str, list[int]]:
+    return {key: list(tensor.shape) for key, tensor in module.state_dict().items()}
+
+
+def read_wav(path) -> torch.Tensor:
+    samples, rate = soundfile.read(path, dtype="float32", always_2d=True)
+    assert rate == OUTPUT_SAMPLE_RATE
+    return torch.from_numpy(numpy.ascontiguousarray(samples.T))
+
+
+def load_vocoder(root, dtype=torch.float32) -> HiFiGANVocoder:
+    config = VocoderConfig.from_json(json.loads((root / checkpoint.VOCODER / "config.json").read_text()))
+    return load_weights(build_on_meta(lambda: HiFiGANVocoder(config)),
+                        root / checkpoint.VOCODER / "diffusion_pytorch_model.safetensors", CPU, dtype)
+
+
+def load_dcae(root, dtype=torch.float32):
+    config = json.loads((root / checkpoint.AUTOENCODER / "config.json").read_text())
+    return load_weights(build_on_meta(lambda: build_dcae(config)),
+                        root / checkpoint.AUTOENCODER / "diffusion_pytorch_model.safetensors", CPU, dtype)
+
+
+@pytest.fixture(scope="module")
+def music_dcae(tiny_v1) -> MusicDCAE:
+    return MusicDCAE(load_dcae(tiny_v1), load_vocoder(tiny_v1))
+
+
+def test_mel_builders_equal_the_stored_buffers():
+    literals = numpy.load(FIXTURE / "literal_tensors.npz")
+    window = literals["music_vocoder:mel_transform.spectrogram.window"]
+    filterbank = literals["music_vocoder:mel_transform.mel_scale.fb"]
+    assert numpy.array_equal(periodic_hann_window(2048).numpy(), window)
+    mine = slaney_mel_filterbank(1025, 128, 44100, 40, 16000).numpy()
+    assert mine.shape == filterbank.shape and mine.dtype == filterbank.dtype
+    # exp() differs by an ulp between CPU kernels, which moves two band edges by an ulp.
+    assert numpy.abs(mine - filterbank).max() <= MEL_BUFFER_ATOL
+    assert numpy.array_equal(mine > 0, filterbank > 0)
+
+
+def test_vocoder_at_full_size_has_the_checkpoint_keys():
+    config = VocoderConfig.from_json(FULL_SIZE["music_vocoder"]["config_json"])
+    assert config == VocoderConfig()
+    vocoder = build_on_meta(lambda: HiFiGANVocoder(config))
+    assert shapes(vocoder) == file_keys("music_vocoder")
+    assert [key for key, tensor in vocoder.state_dict().items() if not tensor.is_meta] == []
+
+
+def test_dcae_at_full_size_has_the_checkpoint_keys():
+    dcae = build_on_meta(lambda: build_dcae(FULL_SIZE["music_dcae_f8c8"]["config_json"]))
+    assert shapes(dcae) == file_keys("music_dcae_f8c8")
+
+
+def test_tiny_modules_have_exactly_the_file_keys(tiny_v1):
+    for folder, module in [
+        (checkpoint.VOCODER, build_on_meta(lambda: HiFiGANVocoder(VocoderConfig.from_json(
+            json.loads((tiny_v1 / checkpoint.VOCODER / "config.json").read_text()))))),
+        (checkpoint.AUTOENCODER, build_on_meta(lambda: build_dcae(
+            json.loads((tiny_v1 / checkpoint.AUTOENCODER / "config.json").read_text())))),
+    ]:
+        with safe_open(str(tiny_v1 / folder / "diffusion_pytorch_model.safetensors"), "pt") as stored:
+            stored_shapes = {key: list(stored.get_slice(key).get_shape()) for key in stored.keys()}
+        assert shapes(module) == stored_shapes
+
+
+def test_fresh_vocoder_builds_the_mel_buffers():
+    vocoder = HiFiGANVocoder(VocoderConfig(depths=(1, 1), dims=(8, 8), num_mels=8,
+                                           upsample_initial_channel=8, upsample_rates=(512,),
+                                           upsample_kernel_sizes=(512,), resblock_kernel_sizes=(3,),
+                                           resblock_dilation_sizes=((1,),)))
+    assert torch.equal(vocoder.mel_transform.spectrogram.window, periodic_hann_window(2048))
+    assert torch.equal(vocoder.mel_transform.mel_scale.fb, slaney_mel_filterbank(1025, 128, 44100, 40, 16000))
+    assert vocoder(torch.zeros(1, 128, 3)).shape == (1, 1, 3 * 512)
+
+
+def test_vocoder_config_rejects_what_it_cannot_build():
+    with pytest.raises(ValueError, match="hop_length"):
+        VocoderConfig.from_json({"hop_length": 256})
+    with pytest.raises(ValueError, match="use_template"):
+        VocoderConfig.from_json({"use_template": True})
+
+
+def test_encode_of_the_source_wav_equals_upstream(music_dcae):
+    audio = read_wav(FIXTURE / "t2m_euler_apg" / "output.wav")
+    latents = music_dcae.encode(audio[None], OUTPUT_SAMPLE_RATE)
+    expected = refs("repaint_1_3s")["infer_latents.000"]
+    assert latents.shape == expected.shape
+    assert (latents - expected).abs().max().item() <= LATENT_ATOL
+
+
+@pytest.mark.parametrize("case", WAV_CASES)
+def test_decode_of_the_final_latents_equals_the_stored_wav(music_dcae, case):
+    latents = refs(case)["final_latents.000"]
+    (wav_name,) = cases()[case]["output_wavs"]
+    expected = read_wav(FIXTURE / wav_name)
+    wav = music_dcae.decode(latents)
+    assert wav.dtype == torch.float32
+    assert wav.shape == (1, 2, decoded_samples(latents.shape[-1])) == (1, *expected.shape)
+    assert (wav[0] - expected).abs().max().item() <= WAV_ATOL
+
+
+def test_latent_frame_constants_agree():
+    assert SAMPLES_PER_LATENT_FRAME * LATENT_FRAMES_PER_SECOND == 44100
+    assert decoded_samples(53) == 236287  # the fixture's 5 s text2music WAVs
+
+
+def test_runs_in_bfloat16(tiny_v1, music_dcae):
+    half = MusicDCAE(load_dcae(tiny_v1, torch.bfloat16), load_vocoder(tiny_v1, torch.bfloat16))
+    audio = read_wav(FIXTURE / "t2m_euler_apg" / "output.wav")[None, :, :9000]
+    latents = half.encode(audio, OUTPUT_SAMPLE_RATE)
+    assert latents.dtype == torch.bfloat16 and latents.shape == (1, 8, 16, 3)
+    # Loose bounds: bfloat16 keeps ~3 significant digits; a broken dtype path is off by O(1).
+    assert (latents.float() - music_dcae.encode(audio, OUTPUT_SAMPLE_RATE)).abs().max().item() < 0.05
+    short = refs("t2m_euler_apg")["final_latents.000"][..., :2]
+    wav = half.decode(short)
+    assert wav.dtype == torch.float32 and wav.shape == (1, 2, decoded_samples(2))
+    assert (wav - music_dcae.decode(short)).abs().max().item() < 0.05

@@ -1,0 +1,100 @@
+"""Every public case of the v1 parity fixture, replayed through our pipeline.
+
+The fixture recorded upstream's `ACEStepPipeline.__call__` on a tiny checkpoint; we replay the same
+call and compare the final latents and the written audio within the fixture's tolerances. Where we
+fix an upstream bug (extending both sides at once), the test checks the documented behaviour.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import torch
+
+from ace_step_ui.audio import read_audio
+from ace_step_ui.v1.autoencoder import LATENT_FRAMES_PER_SECOND
+from ace_step_ui.v1.pipeline import PipelineCall, V1Pipeline
+from v1_fixture import FIXTURE, call_kwargs, cases, params, refs
+
+TOLERANCES = json.loads((FIXTURE / "tolerances.json").read_text())["recommended"]
+LATENT_ATOL = TOLERANCES["final_latents"]["atol"]
+LATENT_RMS_REL = TOLERANCES["final_latents"]["rms_rel"]
+WAV_ATOL = TOLERANCES["WAV end to end"]["atol"]
+DEVIATIONS = {"extend_both_l1_r3"}  # upstream pads the right side by R - L frames; we pad by R
+# Upstream's LoRA loader (peft) consumes the global torch RNG before the unused retake seed of a
+# text2music call is drawn; we have no such side effect, so that one unused seed differs.
+RNG_SIDE_EFFECTS = {"lora_0p7"}
+RENAMED = {"src_audio_path": "src_audio", "ref_audio_input": "ref_audio"}
+DROPPED = {"format", "save_path"}
+
+
+@pytest.fixture(scope="module")
+def pipeline(tiny_v1):
+    return V1Pipeline.load(tiny_v1, torch.device("cpu"), torch.float32)
+
+
+def pipeline_call(case: str, root) -> PipelineCall:
+    arguments = {}
+    for key, value in call_kwargs(case, root).items():
+        if key in DROPPED:
+            continue
+        if key in RENAMED and value is not None:
+            value = read_audio(value)
+        arguments[RENAMED.get(key, key)] = value
+    return PipelineCall(**arguments)
+
+
+def replay(pipeline, case: str, root):
+    torch.manual_seed(0)  # the fixture's `before_call`
+    random.seed(0)
+    return pipeline(pipeline_call(case, root))
+
+
+def rms_rel(mine: torch.Tensor, ref: torch.Tensor) -> float:
+    return float(torch.linalg.vector_norm(mine - ref) / torch.linalg.vector_norm(ref))
+
+
+@pytest.mark.parametrize("case", sorted(set(cases()) - DEVIATIONS))
+def test_case_matches_upstream(pipeline, v1_fixture_root, case):
+    out = replay(pipeline, case, v1_fixture_root)
+    reference = refs(case)["final_latents.000"]
+    assert out.latents.shape == reference.shape
+    max_abs = float((out.latents - reference).abs().max())
+    assert max_abs <= LATENT_ATOL, f"{case}: final latents differ by {max_abs:.3g}"
+    assert rms_rel(out.latents, reference) <= LATENT_RMS_REL
+
+    expected = params(case)
+    assert out.params["actual_seeds"] == expected["actual_seeds"]
+    if case not in RNG_SIDE_EFFECTS:
+        assert out.params["retake_seeds"] == expected["retake_seeds"]
+    assert out.params["oss_steps"] == expected["oss_steps"]
+    assert out.params["task"] == expected["task"]
+
+    for index, name in enumerate(cases()[case]["output_wavs"]):
+        wav = read_audio(FIXTURE / name)
+        ours = out.audio[index]
+        assert ours.sample_rate == wav.sample_rate == 48000
+        assert ours.samples.shape == wav.samples.shape
+        wav_diff = float((ours.samples - wav.samples).abs().max())
+        assert wav_diff <= WAV_ATOL, f"{name}: audio differs by {wav_diff:.3g}"
+
+
+def test_extend_both_sides_pads_each_side_by_what_was_asked(pipeline, v1_fixture_root):
+    """Upstream makes 10 + 54 + 22 frames here (right pad R - L); we make 10 + 54 + 32."""
+    call = pipeline_call("extend_both_l1_r3", v1_fixture_root)
+    source_latents = refs("repaint_1_3s")["infer_latents.000"]
+    left = abs(int(call.repaint_start * LATENT_FRAMES_PER_SECOND))
+    right = int(call.repaint_end * LATENT_FRAMES_PER_SECOND) - source_latents.shape[-1]
+    assert (left, right) == (10, 32)
+    torch.manual_seed(0)
+    out = pipeline(call)
+    assert out.latents.shape[-1] == left + source_latents.shape[-1] + right == 96
+    # the source comes back exactly; both new parts are made
+    middle = out.latents[..., left:left + source_latents.shape[-1]]
+    assert float((middle - source_latents).abs().max()) <= 1e-5
+    assert out.latents[..., :left].abs().mean() > 0.1
+    assert out.latents[..., -right:].abs().mean() > 0.1
+    samples = out.audio[0].samples.shape[-1]
+    assert samples == -(-96 * 4096 * 48000 // 44100)
