@@ -66,19 +66,30 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def served(tiny_v15, tmp_path_factory):
-    """The app on the tiny checkpoint, launched on a free loopback port for one test module."""
+def serve(model: Path, tmp_path_factory):
+    """The app with `model` as the default, launched on a free loopback port."""
     from ace_step_ui.engines import EngineManager, known_models
     from ace_step_ui.ui import build_app, launch_options
 
     with pytest.MonkeyPatch.context() as env:
         env.setenv("GRADIO_TEMP_DIR", str(tmp_path_factory.mktemp("gradio")))
         manager = EngineManager(device="cpu")
-        demo = build_app(manager, str(tiny_v15), known_models())
+        demo = build_app(manager, str(model), known_models())
         _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1",
                                 server_port=free_port(), quiet=True, **launch_options())
         try:
-            yield SimpleNamespace(url=url, manager=manager, demo=demo)
+            yield SimpleNamespace(url=url, manager=manager, demo=demo, model=str(model))
         finally:
             demo.close()
+
+
+@pytest.fixture(scope="module")
+def served(tiny_v15, tmp_path_factory):
+    """The app on the tiny 1.5 checkpoint, for one test module."""
+    yield from serve(tiny_v15, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def served_v1(tiny_v1, tmp_path_factory):
+    """The app on the tiny ACE-Step v1 checkpoint, for one test module."""
+    yield from serve(tiny_v1, tmp_path_factory)

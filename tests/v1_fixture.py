@@ -18,9 +18,23 @@ from typing import Any
 import numpy
 from safetensors.numpy import save_file
 
-FIXTURE = Path(os.environ.get(
-    "ACE_STEP_V1_FIXTURE",
-    Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "ace_step_v1_tiny"))
+FIXTURE_PATH = Path("shared") / "fixtures" / "ace_step_v1_tiny"
+
+
+def find_fixture() -> Path:
+    """`ACE_STEP_V1_FIXTURE`, else ../shared/fixtures/ace_step_v1_tiny next to the checkout (or
+    above it, for a clone in a subfolder)."""
+    if os.environ.get("ACE_STEP_V1_FIXTURE"):
+        return Path(os.environ["ACE_STEP_V1_FIXTURE"])
+    repo = Path(__file__).resolve().parents[1]
+    for folder in repo.parents:
+        if (folder / FIXTURE_PATH / "manifest.json").is_file():
+            return folder / FIXTURE_PATH
+    raise FileNotFoundError(f"the v1 parity fixture ../{FIXTURE_PATH} was not found above {repo}; "
+                            f"set ACE_STEP_V1_FIXTURE to its folder")
+
+
+FIXTURE = find_fixture()
 
 
 def tensor_values(entry: dict[str, Any], fixture: Path, base_seed: int) -> numpy.ndarray:

@@ -1,0 +1,196 @@
+"""ACE-Step v1 through the request path: the CLI as users run it, the request mapping, the fixes.
+
+The CLI cases replay fixture cases from hosted-style requests: with the fixture's weights, the same
+seeds and settings, our 32-bit float WAV and `--save-latents` output must equal upstream's
+recording within the fixture's tolerances.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ace_step_ui import tasks
+from ace_step_ui.audio import Audio, read_audio, write_audio
+from ace_step_ui.engines import DEFAULT_MODEL, EngineManager, family_for
+from ace_step_ui.errors import InputError
+from ace_step_ui.v1.autoencoder import LATENT_FRAMES_PER_SECOND
+from ace_step_ui.v1.engine import TASK_PARAMS
+from ace_step_ui.v1.pipeline import MAX_FRAMES, extend_window
+from v1_fixture import FIXTURE, call_kwargs, refs
+
+REPO = Path(__file__).resolve().parents[1]
+SOURCE = FIXTURE / "t2m_euler_apg" / "output.wav"
+TOLERANCES = json.loads((FIXTURE / "tolerances.json").read_text())["recommended"]
+
+
+def upstream_settings(case: str, root: Path) -> dict:
+    """The hosted request fields equal to a fixture case's sampler settings."""
+    call = call_kwargs(case, root)
+    return {"tags": call["prompt"], "lyrics": call["lyrics"], "seed": int(call["manual_seeds"]),
+            "number_of_steps": call["infer_step"], "guidance_scale": call["guidance_scale"],
+            "scheduler": call["scheduler_type"], "guidance_type": call["cfg_type"],
+            "granularity_scale": call["omega_scale"], "guidance_interval": call["guidance_interval"],
+            "guidance_interval_decay": call["guidance_interval_decay"],
+            "minimum_guidance_scale": call["min_guidance_scale"],
+            "tag_guidance_scale": call["guidance_scale_text"],
+            "lyric_guidance_scale": call["guidance_scale_lyric"],
+            "use_erg_tag": call["use_erg_tag"], "use_erg_lyric": call["use_erg_lyric"],
+            "use_erg_diffusion": call["use_erg_diffusion"]}
+
+
+def cli(*args):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-m", "ace_step_ui", *map(str, args)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.split()
+
+
+def requests_for(root: Path) -> dict[str, tuple[str, dict]]:
+    edit = call_kwargs("edit_lyrics", root)
+    return {
+        "t2m_euler_apg": ("generate", {**upstream_settings("t2m_euler_apg", root), "duration": 5.0}),
+        "repaint_1_3s": ("inpaint", {**upstream_settings("repaint_1_3s", root), "audio": str(SOURCE),
+                                     "start_time": 1.0, "end_time": 3.0, "variance": 0.5,
+                                     "retake_seed": 7}),
+        "extend_left_2s": ("outpaint", {**upstream_settings("extend_left_2s", root),
+                                        "audio": str(SOURCE), "extend_before_duration": 2.0,
+                                        "extend_after_duration": 0.0, "retake_seed": 5}),
+        "edit_lyrics": ("edit", {**upstream_settings("edit_lyrics", root), "audio": str(SOURCE),
+                                 "edit_mode": "lyrics", "original_tags": edit["prompt"],
+                                 "original_lyrics": edit["lyrics"], "tags": edit["edit_target_prompt"],
+                                 "lyrics": edit["edit_target_lyrics"], "retake_seed": 3}),
+    }
+
+
+@pytest.mark.parametrize("case", ["t2m_euler_apg", "repaint_1_3s", "extend_left_2s", "edit_lyrics"])
+def test_cli_reproduces_upstream_audio_and_latents(tiny_v1, v1_fixture_root, tmp_path, case):
+    task, request = requests_for(v1_fixture_root)[case]
+    audio_path, latents_path = cli("run", task, "--input", json.dumps(request), "--output-dir",
+                                   tmp_path, "--model", tiny_v1, "--format", "wav", "--device",
+                                   "cpu", "--save-latents")
+    ours, reference = read_audio(audio_path), read_audio(FIXTURE / case / "output.wav")
+    assert ours.sample_rate == 48000 and ours.samples.shape == reference.samples.shape
+    assert float((ours.samples - reference.samples).abs().max()) <= TOLERANCES["WAV end to end"]["atol"]
+
+    assert Path(latents_path) == Path(audio_path).with_suffix(".latents.safetensors")
+    saved = load_file(latents_path)
+    assert list(saved) == ["latents"] and saved["latents"].dtype == torch.float32
+    expected = refs(case)["final_latents.000"]
+    assert saved["latents"].shape == expected.shape
+    assert float((saved["latents"] - expected).abs().max()) <= TOLERANCES["final_latents"]["atol"]
+
+    sidecar = json.loads(Path(audio_path).with_suffix(".json").read_text())
+    assert sidecar["seed"] == request["seed"]
+    assert sidecar["engine"]["actual_seeds"] == [request["seed"]]
+    if "retake_seed" in request:
+        assert sidecar["retake_seed"] == request["retake_seed"]
+        assert sidecar["engine"]["retake_seeds"] == [request["retake_seed"]]
+    # FlowEdit runs APG on the Euler schedule without ERG or a guidance interval, as upstream
+    expected_ignored = sorted(set(request) - TASK_PARAMS[task])
+    assert sidecar["ignored_params"] == expected_ignored
+    assert (expected_ignored == []) == (task != "edit")
+
+
+@pytest.fixture(scope="module")
+def manager():
+    return EngineManager(device="cpu", dtype="float32")
+
+
+def run(manager, model, task, **payload):
+    base = {"tags": "lofi, piano", "lyrics": "[verse]\nrain on the window", "number_of_steps": 3,
+            "seed": 5}
+    return tasks.run(task, {**base, **payload}, manager, str(model))
+
+
+def test_v1_is_the_default_model_and_its_family():
+    assert DEFAULT_MODEL == "ACE-Step/ACE-Step-v1-3.5B"
+    assert family_for(DEFAULT_MODEL).name == "ACE-Step v1"
+
+
+def test_generate_variance_is_a_retake_and_zero_is_plain_text2music(manager, tiny_v1):
+    plain = run(manager, tiny_v1, "generate", duration=2.0)
+    again = run(manager, tiny_v1, "generate", duration=2.0, retake_seed=99)
+    retake = run(manager, tiny_v1, "generate", duration=2.0, variance=0.3, retake_seed=99)
+    other = run(manager, tiny_v1, "generate", duration=2.0, variance=0.3, retake_seed=100)
+    assert plain.params["engine"]["task"] == "text2music"
+    assert torch.equal(plain.audio.samples, again.audio.samples)  # no variance: retake seed unused
+    assert retake.params["engine"]["task"] == "retake"
+    assert retake.params["engine"]["retake_variance"] == 0.3
+    assert not torch.equal(plain.audio.samples, retake.audio.samples)
+    assert not torch.equal(retake.audio.samples, other.audio.samples)
+    frames = int(2.0 * LATENT_FRAMES_PER_SECOND)
+    assert plain.latents.shape == (1, 8, 16, frames)
+    assert plain.audio.sample_rate == 48000 and plain.audio.channels == 2
+
+
+def test_retake_seed_defaults_to_the_next_seed(manager, tiny_v1):
+    result = run(manager, tiny_v1, "generate", duration=2.0, variance=0.5, seed=41)
+    assert result.params["retake_seed"] == 42
+    assert result.params["engine"]["retake_seeds"] == [42]
+
+
+def test_reference_audio_runs_audio2audio(manager, tiny_v1):
+    result = run(manager, tiny_v1, "generate", duration=2.0, reference_audio=str(SOURCE),
+                 audio2audio_strength=0.6, number_of_steps=5)
+    assert result.params["engine"]["task"] == "audio2audio"
+    assert result.params["engine"]["ref_audio_strength"] == 0.6
+    assert result.latents.shape[-1] == 54  # the reference's length, as upstream
+
+
+def test_outpaint_longer_than_the_source_works(manager, tiny_v1, tmp_path):
+    """Upstream asserts when a side is longer than the source; we make it."""
+    short = tmp_path / "short.wav"
+    source = read_audio(SOURCE)
+    write_audio(short, Audio(source.samples[:, : 48000], 48000), "wav", {})
+    result = run(manager, tiny_v1, "outpaint", audio=str(short), extend_before_duration=2.5,
+                 extend_after_duration=3.0)
+    left, right = int(-2.5 * LATENT_FRAMES_PER_SECOND), int((1.0 + 3.0) * LATENT_FRAMES_PER_SECOND)
+    source_frames = 11  # 1 s at 48 kHz -> 44100 samples -> padded to 11 * 4096
+    assert result.latents.shape[-1] == -left + source_frames + (right - source_frames)
+
+
+def test_extend_window_pads_each_side_by_what_was_asked():
+    src, seed_noise, retake = torch.ones(1, 8, 16, 54), torch.zeros(1, 8, 16, 54), torch.rand(1, 8, 16, 54)
+    window = extend_window(src, seed_noise, retake, start_frame=-10, end_frame=86)
+    assert window.x0.shape[-1] == 10 + 54 + 32
+    assert torch.equal(window.mask[..., :10], torch.ones(1, 8, 16, 10))
+    assert torch.equal(window.mask[..., -32:], torch.ones(1, 8, 16, 32))
+    assert window.mask[..., 10:64].sum() == 0
+    assert torch.equal(window.z0[..., :10], retake[..., :10])
+    assert torch.equal(window.z0[..., -32:], retake[..., -32:])
+
+
+def test_extend_window_past_240_s_keeps_the_new_audio_next_to_its_source():
+    frames = MAX_FRAMES - 100
+    src = torch.arange(frames, dtype=torch.float32).expand(1, 8, 16, frames)
+    noise = torch.zeros(1, 8, 16, frames)
+    right = extend_window(src, noise, noise, start_frame=0, end_frame=frames + 300)
+    assert right.x0.shape[-1] == MAX_FRAMES
+    assert torch.equal(right.cut_head, src[..., :200])  # the cut head is the source's own start
+    assert torch.equal(right.x0[..., : MAX_FRAMES - 300], src[..., 200:])
+    left = extend_window(src, noise, noise, start_frame=-300, end_frame=frames)
+    assert left.x0.shape[-1] == MAX_FRAMES
+    assert torch.equal(left.cut_tail, src[..., frames - 200:])
+    assert torch.equal(left.x0[..., 300:], src[..., : frames - 200])
+    with pytest.raises(InputError, match="one side at a time"):
+        extend_window(src, noise, noise, start_frame=-300, end_frame=frames + 300)
+
+
+def test_tiny_v1_command_writes_a_loadable_checkpoint(tmp_path, tiny_v1):
+    folder = tmp_path / "tiny"
+    assert cli("tiny", "v1", folder) == [str(folder)]
+    engine = EngineManager(device="cpu").get(str(folder))
+    assert engine.model_id == str(folder)
+    result = run(EngineManager(device="cpu"), folder, "generate", duration=1.5, number_of_steps=2)
+    assert result.audio.samples.abs().max() > 1e-3  # audible, not silence
+    weights = load_file(str(folder / "ace_step_transformer" / "diffusion_pytorch_model.safetensors"))
+    assert {t.dtype for t in weights.values()} == {torch.bfloat16}  # 16-bit, like the release
