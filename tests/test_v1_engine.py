@@ -144,6 +144,8 @@ def test_reference_audio_runs_audio2audio(manager, tiny_v1):
     assert result.params["engine"]["task"] == "audio2audio"
     assert result.params["engine"]["ref_audio_strength"] == 0.6
     assert result.latents.shape[-1] == 54  # the reference's length, as upstream
+    with pytest.raises(InputError, match="set only one"):
+        run(manager, tiny_v1, "generate", duration=2.0, reference_audio=str(SOURCE), variance=0.2)
 
 
 def test_outpaint_longer_than_the_source_works(manager, tiny_v1, tmp_path):

@@ -12,6 +12,7 @@ from pathlib import Path
 from ..engines import read_json
 from ..errors import ModelUnavailableError
 from ..hub import download, local_checkpoint, require_files, snapshot_in_cache_layout
+from .vocab import lyric_vocab_path
 
 HUB_ID = "ACE-Step/ACE-Step-v1-3.5B"
 TRANSFORMER = "ace_step_transformer"
@@ -58,6 +59,7 @@ def resolve(model: str) -> Path:
     if read_json(root / TRANSFORMER / "config.json").get("_class_name") not in (TRANSFORMER_CLASS, None):
         raise ModelUnavailableError(f"{model}: {TRANSFORMER}/config.json does not describe an "
                                     f"{TRANSFORMER_CLASS}; is this an ACE-Step v1 checkpoint?")
+    lyric_vocab_path(root)  # fetched (or found missing) now, before another model is unloaded
     return root
 
 

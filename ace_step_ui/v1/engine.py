@@ -14,8 +14,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from ..audio import Audio
 from ..engines import EngineOutput, Family, StepCallback, pick_device, pick_dtype, register
 from ..errors import InputError
@@ -78,6 +76,9 @@ class V1Engine:
                  reference: Audio | None = None) -> EngineOutput:
         variance = getattr(request, "variance", 0.0)
         arguments = dict(task="text2music", audio_duration=request.duration)
+        if reference is not None and variance > 0:
+            raise InputError("variance (a retake) and reference_audio (audio-to-audio) are two "
+                             "different ways to vary a song in ACE-Step v1; set only one of them")
         if reference is not None:
             arguments.update(audio2audio_enable=True, ref_audio=reference,
                              ref_audio_strength=getattr(request, "audio2audio_strength", 0.5))
