@@ -40,6 +40,9 @@ class EngineOutput:
     effective: dict[str, Any] = field(default_factory=dict)
     # The final diffusion latents (batch, channels, height, frames), when the engine has them.
     latents: torch.Tensor | None = None
+    # Parameters the engine honours for the task but did not use on this run (e.g. a retake seed
+    # when nothing was retaken); they are reported as ignored.
+    unused: frozenset[str] = frozenset()
 
 
 class Engine(Protocol):

@@ -90,7 +90,7 @@ def run(task: str, payload: Mapping[str, Any], manager: EngineManager, model: st
             output = engine.outpaint(request, source, seed, retake_seed, step)
         finished = time.perf_counter()
 
-    honoured = engine.honoured(task)
+    honoured = engine.honoured(task) - output.unused
     sent = request.to_dict()
     params = {
         "task": task,

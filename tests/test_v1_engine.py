@@ -122,6 +122,7 @@ def test_generate_variance_is_a_retake_and_zero_is_plain_text2music(manager, tin
     retake = run(manager, tiny_v1, "generate", duration=2.0, variance=0.3, retake_seed=99)
     other = run(manager, tiny_v1, "generate", duration=2.0, variance=0.3, retake_seed=100)
     assert plain.params["engine"]["task"] == "text2music"
+    assert "retake_seed" not in plain.params and again.params["ignored_params"] == ["retake_seed"]
     assert torch.equal(plain.audio.samples, again.audio.samples)  # no variance: retake seed unused
     assert retake.params["engine"]["task"] == "retake"
     assert retake.params["engine"]["retake_variance"] == 0.3
@@ -133,9 +134,10 @@ def test_generate_variance_is_a_retake_and_zero_is_plain_text2music(manager, tin
 
 
 def test_retake_seed_defaults_to_the_next_seed(manager, tiny_v1):
-    result = run(manager, tiny_v1, "generate", duration=2.0, variance=0.5, seed=41)
+    result = run(manager, tiny_v1, "generate", duration=2.0, variance=0.5, seed=41, lora_scale=0.5)
     assert result.params["retake_seed"] == 42
     assert result.params["engine"]["retake_seeds"] == [42]
+    assert result.params["ignored_params"] == ["lora_scale"]  # no LoRA was given
 
 
 def test_reference_audio_runs_audio2audio(manager, tiny_v1):

@@ -122,7 +122,18 @@ class V1Engine:
         result = self.pipeline(call, on_step=on_step)
         effective = {key: value for key, value in result.params.items()
                      if key not in ("prompt", "lyrics", "edit_target_prompt", "edit_target_lyrics")}
-        return EngineOutput(audio=result.audio[0], effective=effective, latents=result.latents)
+        return EngineOutput(audio=result.audio[0], effective=effective, latents=result.latents,
+                            unused=unused_parameters(call, result.params["task"]))
+
+
+def unused_parameters(call: PipelineCall, task: str) -> frozenset[str]:
+    """What the request set that this particular call does not use."""
+    unused = set()
+    if task in ("text2music", "audio2audio"):
+        unused.add("retake_seed")  # no retake noise is drawn
+    if call.lora_name_or_path == "none":
+        unused.add("lora_scale")
+    return frozenset(unused)
 
 
 def load(root: Path, model: str, device: str, dtype: str) -> V1Engine:
