@@ -150,6 +150,19 @@ def test_reference_audio_runs_audio2audio(manager, tiny_v1):
         run(manager, tiny_v1, "generate", duration=2.0, reference_audio=str(SOURCE), variance=0.2)
 
 
+def test_inpaint_of_a_mono_file_encodes_it_as_upstream_does(manager, tiny_v1, tmp_path):
+    """Upstream duplicates a mono source to stereo before encoding it."""
+    stereo = read_audio(SOURCE)
+    mono_path, dual_path = tmp_path / "mono.wav", tmp_path / "dual.wav"
+    write_audio(mono_path, Audio(stereo.samples[:1], 48000), "wav", {})
+    write_audio(dual_path, Audio(stereo.samples[:1].repeat(2, 1), 48000), "wav", {})
+    mono = run(manager, tiny_v1, "inpaint", audio=str(mono_path), start_time=1.0, end_time=2.5)
+    dual = run(manager, tiny_v1, "inpaint", audio=str(dual_path), start_time=1.0, end_time=2.5)
+    assert mono.params["source"]["channels"] == 1
+    assert torch.equal(mono.latents, dual.latents)
+    assert mono.audio.channels == 2 and mono.audio.sample_rate == 48000
+
+
 def test_outpaint_longer_than_the_source_works(manager, tiny_v1, tmp_path):
     """Upstream asserts when a side is longer than the source; we make it."""
     short = tmp_path / "short.wav"
@@ -198,3 +211,17 @@ def test_tiny_v1_command_writes_a_loadable_checkpoint(tmp_path, tiny_v1):
     assert result.audio.samples.abs().max() > 1e-3  # audible, not silence
     weights = load_file(str(folder / "ace_step_transformer" / "diffusion_pytorch_model.safetensors"))
     assert {t.dtype for t in weights.values()} == {torch.bfloat16}  # 16-bit, like the release
+
+
+def test_lora_applies_and_unloads(manager, tiny_v1, v1_fixture_root):
+    lora = str(v1_fixture_root / "lora")
+    before = run(manager, tiny_v1, "generate", duration=1.5)
+    with_lora = run(manager, tiny_v1, "generate", duration=1.5, lora=lora, lora_scale=0.7)
+    stronger = run(manager, tiny_v1, "generate", duration=1.5, lora=lora, lora_scale=1.5)
+    after = run(manager, tiny_v1, "generate", duration=1.5)
+    assert with_lora.params["engine"]["lora_name_or_path"] == lora
+    assert not torch.equal(before.latents, with_lora.latents)
+    assert not torch.equal(with_lora.latents, stronger.latents)
+    assert torch.equal(before.latents, after.latents)  # "none" restores the plain model
+    with pytest.raises(InputError):
+        run(manager, tiny_v1, "generate", duration=1.5, lora=str(v1_fixture_root / "missing"))

@@ -183,12 +183,12 @@ class V1Pipeline:
 
     @torch.no_grad()
     def encode_audio(self, source: Audio) -> torch.Tensor:
-        """Upstream `infer_latents`: mono is duplicated to stereo, then the DCAE encodes it."""
-        if source.samples.shape[0] > 2:
-            raise InputError(f"the source audio has {source.samples.shape[0]} channels; "
-                             f"ACE-Step v1 takes mono or stereo")
-        stereo = to_channels(source.samples, 2) if source.samples.shape[0] == 1 else source.samples
-        samples = stereo.unsqueeze(0).to(device=self.device, dtype=self.dtype)
+        """Upstream `infer_latents`: mono is duplicated to stereo, then the DCAE encodes it.
+
+        (Upstream fails on more than two channels; they are downmixed to stereo here.)
+        """
+        stereo = source if source.channels == 2 else to_channels(source, 2)
+        samples = stereo.samples.unsqueeze(0).to(device=self.device, dtype=self.dtype)
         return self.dcae.encode(samples, source.sample_rate)
 
     @torch.no_grad()
