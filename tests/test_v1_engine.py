@@ -225,3 +225,18 @@ def test_lora_applies_and_unloads(manager, tiny_v1, v1_fixture_root):
     assert torch.equal(before.latents, after.latents)  # "none" restores the plain model
     with pytest.raises(InputError):
         run(manager, tiny_v1, "generate", duration=1.5, lora=str(v1_fixture_root / "missing"))
+
+
+def test_a_duration_of_zero_or_less_is_upstreams_random_length(tiny_v1):
+    import random
+
+    from ace_step_ui.v1.pipeline import PipelineCall, V1Pipeline
+
+    pipeline = V1Pipeline.load(tiny_v1, torch.device("cpu"), torch.float32)
+    random.seed(139)  # a seed whose draw is short (30.3 s), to keep the test fast
+    expected = random.uniform(30.0, 240.0)
+    random.seed(139)
+    out = pipeline(PipelineCall(prompt="lofi", lyrics="", audio_duration=-1, infer_step=1,
+                                guidance_scale=1.0, manual_seeds=1))
+    assert out.params["audio_duration"] == expected
+    assert out.latents.shape[-1] == int(expected * LATENT_FRAMES_PER_SECOND)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -226,6 +227,9 @@ class V1Pipeline:
         retake_generators, retake_seeds = self.generators(call.batch_size, call.retake_seeds)
         oss_steps = parse_oss_steps(call.oss_steps)
         conditions = self.conditions(call.prompt, call.lyrics, call.batch_size, call.use_erg_tag)
+        if call.audio_duration <= 0:
+            # Upstream's "random length": 30-240 s from Python's global RNG, drawn at this point.
+            call = dataclasses.replace(call, audio_duration=random.uniform(30.0, 240.0))
 
         src_latents = self.encode_audio(call.src_audio) if call.src_audio is not None else None
         ref_latents = (self.encode_audio(call.ref_audio)
