@@ -240,3 +240,18 @@ def test_a_duration_of_zero_or_less_is_upstreams_random_length(tiny_v1):
                                 guidance_scale=1.0, manual_seeds=1))
     assert out.params["audio_duration"] == expected
     assert out.latents.shape[-1] == int(expected * LATENT_FRAMES_PER_SECOND)
+
+
+def test_outpaint_of_both_sides_past_the_window_runs_one_side_at_a_time(manager, tiny_v1,
+                                                                        monkeypatch):
+    """The real window is 240 s; a 40-frame window shows the same path on a 5 s source."""
+    from ace_step_ui.v1 import pipeline
+
+    monkeypatch.setattr(pipeline, "MAX_FRAMES", 40)
+    result = run(manager, tiny_v1, "outpaint", audio=str(SOURCE), extend_before_duration=1.0,
+                 extend_after_duration=1.0, number_of_steps=2)
+    first, second = result.params["engine"]["passes"]
+    assert (first["repaint_start"], second["repaint_start"]) == (-1.0, -0.0)
+    assert second["repaint_end"] > first["repaint_end"]
+    # each pass keeps its new audio plus the adjacent source inside the window, the rest is put back
+    assert result.latents.shape[-1] > 40

@@ -5,7 +5,7 @@
 - generate: text2music; with `variance` > 0 upstream's retake; with a reference, audio2audio.
 - inpaint: repaint of the resolved range with `variance` as the retake variance.
 - outpaint: extend with `repaint_start = -before` and `repaint_end = source duration + after`,
-  which is what upstream's UI sends (variance 1).
+  which is what upstream's UI sends (variance 1); past 240 s with both sides, one side at a time.
 - edit: FlowEdit from the original tags/lyrics to the new ones, with upstream's UI presets.
 """
 
@@ -18,6 +18,8 @@ from ..audio import Audio
 from ..engines import EngineOutput, Family, StepCallback, pick_device, pick_dtype, register
 from ..errors import InputError
 from . import checkpoint
+from . import pipeline as pipeline_module
+from .autoencoder import LATENT_FRAMES_PER_SECOND
 from .pipeline import EDIT_PRESETS, PipelineCall, V1Pipeline
 
 SAMPLE_RATE = 48000
@@ -94,9 +96,20 @@ class V1Engine:
 
     def outpaint(self, request, source: Audio, seed: int, retake_seed: int,
                  on_step: StepCallback) -> EngineOutput:
+        before, after = request.extend_before_duration, request.extend_after_duration
+        total_frames = int((before + source.duration_s + after) * LATENT_FRAMES_PER_SECOND)
+        if before > 0 and after > 0 and total_frames > pipeline_module.MAX_FRAMES:
+            # The model sees at most 240 s: extend the start first, then the end of that result.
+            first = self._extend(request, source, before, 0.0, seed, retake_seed, on_step)
+            second = self._extend(request, first.audio, 0.0, after, seed, retake_seed, on_step)
+            second.effective["passes"] = [first.effective, dict(second.effective)]
+            return second
+        return self._extend(request, source, before, after, seed, retake_seed, on_step)
+
+    def _extend(self, request, source: Audio, before: float, after: float, seed: int,
+                retake_seed: int, on_step: StepCallback) -> EngineOutput:
         return self._run(request, seed, retake_seed, on_step, task="extend", src_audio=source,
-                         repaint_start=-request.extend_before_duration,
-                         repaint_end=source.duration_s + request.extend_after_duration,
+                         repaint_start=-before, repaint_end=source.duration_s + after,
                          retake_variance=1.0, audio_duration=source.duration_s)
 
     def edit(self, request, source: Audio, seed: int, retake_seed: int,
