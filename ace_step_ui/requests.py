@@ -47,8 +47,9 @@ class BaseRequest:
                              "[instrumental] for no vocals; blank lets the model decide.")
     seed: int = _param(-1, "Random seed; -1 draws one (the seed used is returned).",
                        minimum=-1, maximum=SEED_MAX)
-    retake_seed: int = _param(-1, "Seed of the second noise that `variance` blends in; -1 derives it "
-                                  "from `seed`.", minimum=-1, maximum=SEED_MAX, advanced=True)
+    retake_seed: int = _param(-1, "Seed of the second noise: the one `variance` blends in, and the "
+                                  "new parts' noise of outpaint and edit; -1 derives it from `seed`.",
+                              minimum=-1, maximum=SEED_MAX, advanced=True)
     number_of_steps: int = _param(27, "Diffusion steps.", minimum=1, maximum=200, advanced=True)
     scheduler: str = _param("euler", "Sampler: euler (ODE), heun (2nd order, about twice the model "
                                      "calls) or pingpong (SDE; ACE-Step v1 only).",
