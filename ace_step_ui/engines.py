@@ -104,11 +104,7 @@ def families() -> list[Family]:
     global _imported
     if not _imported:
         for module in FAMILY_MODULES:
-            try:
-                importlib.import_module(module)  # registers itself
-            except ModuleNotFoundError as error:
-                if error.name != module:  # a family that is there but broken must say so
-                    raise
+            importlib.import_module(module)  # registers itself
         _imported = True
     # Import order varies (a caller may import one family's module first): sort by preference.
     return sorted(_FAMILIES, key=_preference)
