@@ -1,9 +1,12 @@
 """Start the ACE-Step Playground: read the options, build the UI, launch.
 
-    python app.py [--model ID_OR_FOLDER] [--share] [--auth user:pass] [--server-name HOST]
-                  [--port N] [--device auto|cpu|cuda|mps] [--dtype auto|float32|bfloat16|float16]
+    python app.py [--model ID_OR_FOLDER] [--models ID_OR_FOLDER ...] [--allow-path DIR]
+                  [--share] [--auth user:pass] [--server-name HOST] [--port N]
+                  [--device auto|cpu|cuda|mps] [--dtype auto|float32|bfloat16|float16]
 
 Models load on the first request, so the app starts even when the model is not downloaded yet.
+Visitors choose among the models listed here, and name no file on this machine outside the
+--allow-path folders.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from ace_step_ui import gpu  # noqa: F401  (imports `spaces` before torch, as Ze
 
 import os
 import sys
+from pathlib import Path
 
 from ace_step_ui.cli import EXIT_USAGE, UsageError, UsageParser
 from ace_step_ui.engines import DEFAULT_MODEL, DTYPES, EngineManager, known_models, pick_device
@@ -29,6 +33,12 @@ def build_parser() -> UsageParser:
     parser = UsageParser(prog="app.py", description="ACE-Step Playground web app")
     parser.add_argument("--model", default=DEFAULT_MODEL,
                         help=f"Hub model id or checkpoint folder (default {DEFAULT_MODEL})")
+    parser.add_argument("--models", nargs="+", default=None, metavar="ID_OR_FOLDER",
+                        help="the other models visitors may choose (default: the official "
+                             "ACE-Step v1 and 1.5 models)")
+    parser.add_argument("--allow-path", action="append", default=[], type=Path, metavar="DIR",
+                        help="a folder whose files visitors may name as audio or LoRA (repeat "
+                             "for more); by default they may only upload files or give URLs")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     parser.add_argument("--dtype", default="auto",
                         choices=("auto", *DTYPES))
@@ -47,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         users = [credentials(value) for value in args.auth]
         pick_device(args.device)  # an unusable --device is a start-up error, not a first-run one
+        for folder in args.allow_path:
+            if not folder.is_dir():
+                raise UsageError(f"app.py: --allow-path {folder} is not a folder")
     except UsageError as error:
         print(error, file=sys.stderr)
         return EXIT_USAGE
@@ -63,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
             manager.get(args.model)
         except (InputError, ModelUnavailableError) as error:
             print(f"warning: {error}; it will load on the first request", file=sys.stderr)
-    demo = build_app(manager, args.model, known_models())
+    models = known_models() if args.models is None else args.models
+    demo = build_app(manager, args.model, models, tuple(args.allow_path))
     demo.launch(share=args.share, auth=users or None, server_name=args.server_name,
                 server_port=args.port, **launch_options())
     return 0

@@ -9,19 +9,24 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 import shutil
 import struct
 import subprocess
+import sys
+import threading
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, ContextManager, Iterator, Mapping
 
 import numpy as np
 import soundfile as sf
 import torch
 
 from .errors import InputError
+from .files import staged
 
 MAX_SOURCE_SECONDS = 3600
 FORMATS = ("wav", "flac", "mp3")
@@ -30,6 +35,9 @@ FFMPEG_TIMEOUT_S = 600
 MP3_SAMPLE_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
 # Below -60 dBFS RMS a level estimate is mostly noise floor; matching to it would pump the gain.
 SILENCE_RMS = 1e-3
+# Containers libsndfile reads with its own quiet parsers; any other start may go to libmpg123.
+QUIET_CONTAINERS = (b"RIFF", b"RIFX", b"RF64", b"BW64", b"fLaC", b"OggS", b"FORM", b"caff", b".snd")
+_stderr_lock = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -57,6 +65,8 @@ def read_audio(path: str | Path) -> Audio:
     through ffmpeg when it is installed. Every failure is an `InputError` naming the file.
     """
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"'{path}' is a folder, not an audio file: name the file inside it")
     if not path.is_file():
         raise InputError(f"audio file '{path}' not found: check the path or upload the file again")
     if path.stat().st_size == 0:
@@ -73,6 +83,15 @@ def read_audio(path: str | Path) -> Audio:
     return to_stereo(audio) if audio.channels > 2 else audio
 
 
+def header_duration_s(path: str | Path) -> float | None:
+    """A file's duration from its header, without decoding it; None when soundfile cannot tell."""
+    try:
+        with _quiet_for(Path(path)):
+            return float(sf.info(str(path)).duration)
+    except (sf.SoundFileError, RuntimeError, ValueError, OSError):
+        return None
+
+
 def _max_frames_to_decode(sample_rate: int) -> int:
     # One frame past the limit is enough to know a file is too long, without decoding all of it.
     return MAX_SOURCE_SECONDS * sample_rate + 1
@@ -80,11 +99,44 @@ def _max_frames_to_decode(sample_rate: int) -> int:
 
 def _decode_with_soundfile(path: Path) -> tuple[np.ndarray, int] | None:
     try:
-        with sf.SoundFile(path) as f:
+        with _quiet_for(path), sf.SoundFile(path) as f:
             frames = min(f.frames, _max_frames_to_decode(f.samplerate))
             return f.read(frames, dtype="float32", always_2d=True), f.samplerate
     except (sf.SoundFileError, RuntimeError, ValueError, OSError):
         return None
+
+
+def _quiet_for(path: Path) -> ContextManager[None]:
+    """Mute stderr around libsndfile for files it may hand to libmpg123 (see `_stderr_muted`)."""
+    with open(path, "rb") as f:
+        quiet = not f.read(4).startswith(QUIET_CONTAINERS)
+    return _stderr_muted() if quiet else nullcontext()
+
+
+@contextmanager
+def _stderr_muted() -> Iterator[None]:
+    """fd 2 pointed at the null device for the block: libmpg123 inside libsndfile prints "Illegal
+    Audio-MPEG-Header" and the like straight to it, with no switch to stop it."""
+    # The trade-off: fd 2 is the whole process's, so while an MP3 decodes, whatever another thread
+    # writes to stderr is lost too; hence only MPEG and unknown files, and one at a time (the lock
+    # also keeps two threads from saving each other's null device as "the real stderr").
+    with _stderr_lock:
+        try:
+            sys.stderr.flush()
+            saved: int | None = os.dup(2)
+        except (OSError, ValueError, AttributeError):  # no stderr to mute (closed, or pythonw)
+            saved = None
+        if saved is None:
+            yield
+            return
+        null = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(null, 2)
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            os.close(null)
 
 
 def _decode_with_ffmpeg(path: Path) -> tuple[np.ndarray, int]:
@@ -203,11 +255,19 @@ def write_audio(path: str | Path, audio: Audio, fmt: str, metadata: Mapping[str,
     software name. libsndfile's own tags serve only FLAC: it skips WAV INFO strings over about 2 KB
     when reading (and writes a broken chunk past about 50 KB), and writes MP3 ID3 text as UTF-8 bytes
     labelled Latin-1. So WAV gets a LIST/INFO chunk and MP3 an ID3v2.4 tag (UTF-8) written here.
-    Returns the path, whose suffix is set to the format.
+    The file appears complete or not at all (see `files.staged`). Returns the path, whose suffix is
+    set to the format.
     """
-    if fmt not in FORMATS:
-        raise InputError(f"unknown output format '{fmt}': use one of {', '.join(FORMATS)}")
+    _check_format(fmt)
     path = Path(path).with_suffix(f".{fmt}")
+    with staged([path]) as (partial,):
+        encode_audio(partial, audio, fmt, metadata)
+    return path
+
+
+def encode_audio(path: Path, audio: Audio, fmt: str, metadata: Mapping[str, Any]) -> None:
+    """`write_audio`'s encoding, into exactly `path` (whatever its suffix), in place."""
+    _check_format(fmt)
     comment = json.dumps(dict(metadata), ensure_ascii=False)
     genre = str(metadata.get("tags", ""))
     data = audio.samples.detach().to("cpu", torch.float32).numpy().T
@@ -221,7 +281,11 @@ def write_audio(path: str | Path, audio: Audio, fmt: str, metadata: Mapping[str,
             f.write(np.clip(data, -1.0, 1.0))
     else:
         path.write_bytes(_id3v24_tag(comment, genre) + _encode_mp3(audio))
-    return path
+
+
+def _check_format(fmt: str) -> None:
+    if fmt not in FORMATS:
+        raise InputError(f"unknown output format '{fmt}': use one of {', '.join(FORMATS)}")
 
 
 def _encode_mp3(audio: Audio) -> bytes:

@@ -6,7 +6,8 @@
     python -m ace_step_ui tiny v1 DIR      (or: tiny v15 DIR --variant base)
 
 Exit codes follow the hosted CLI: 0 success, 64 bad arguments, 65 input that fails validation,
-69 a model that cannot be loaded, 130 stopped. Errors are one line on stderr.
+69 a model that cannot be loaded, 73 a result that cannot be written, 130 stopped. Errors are one
+line on stderr. An existing result is kept (the new one gets the next free name) unless --overwrite.
 """
 
 from __future__ import annotations
@@ -19,15 +20,20 @@ from typing import Any, Sequence
 
 from . import tasks
 from .audio import FORMATS
-from .engines import DEFAULT_MODEL, DTYPES, EngineManager
+from .engines import DEFAULT_MODEL, DTYPES, EngineManager, pick_device
 from .errors import Cancelled, InputError, ModelUnavailableError
 from .requests import TASKS
 
 EXIT_OK, EXIT_USAGE, EXIT_DATA, EXIT_UNAVAILABLE, EXIT_STOPPED = 0, 64, 65, 69, 130
+EXIT_CANTCREAT = 73  # sysexits.h, like the others
 
 
 class UsageError(Exception):
     """Bad command-line arguments: exit 64 with one line."""
+
+
+class CannotWrite(Exception):
+    """The result could not be written (a full disk, no permission): exit 73 with one line."""
 
 
 class UsageParser(argparse.ArgumentParser):
@@ -44,11 +50,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--output-dir", required=True, type=Path)
     run.add_argument("--model", default=DEFAULT_MODEL, help="Hub model id or checkpoint folder")
     run.add_argument("--format", default="wav", choices=FORMATS)
-    run.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    run.add_argument("--device", default="auto", type=device_option,
+                     help="auto, cpu, cuda, cuda:N or mps")
     run.add_argument("--dtype", default="auto", choices=("auto", *DTYPES))
     run.add_argument("--save-latents", action="store_true",
                      help="also write the final diffusion latents as <stem>.latents.safetensors "
                           "(ACE-Step v1)")
+    run.add_argument("--overwrite", action="store_true",
+                     help="replace a result of the same name (by default it is kept and the new "
+                          "one is written as <stem>-2, <stem>-3, ...)")
     tiny = commands.add_parser("tiny", help="write a tiny random-weight checkpoint, offline")
     tiny.add_argument("family", choices=("v1", "v15"))
     tiny.add_argument("folder", type=Path)
@@ -56,16 +66,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def device_option(value: str) -> str:
+    """A --device this machine has, checked before any work (engines pick it at model load)."""
+    try:
+        pick_device(value)
+    except InputError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return value
+
+
 def read_input(value: str) -> Any:
-    text = value
+    text: str | bytes = value
     if value.startswith("@"):
         try:
-            text = Path(value[1:]).read_text()
+            text = Path(value[1:]).read_bytes()  # bytes: json detects UTF-8/16/32 itself
         except OSError as error:
             raise UsageError(f"--input: cannot read {value[1:]}: {error.strerror}") from None
     try:
         return json.loads(text)
-    except ValueError as error:
+    except ValueError as error:  # UnicodeDecodeError is one too
         raise InputError(f"--input is not valid JSON: {error}") from None
 
 
@@ -84,6 +103,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ModelUnavailableError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_UNAVAILABLE
+    except CannotWrite as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_CANTCREAT
     except (Cancelled, KeyboardInterrupt):
         print("stopped", file=sys.stderr)
         return EXIT_STOPPED
@@ -91,10 +113,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run_command(args: argparse.Namespace) -> int:
     payload = read_input(args.input)
+    if args.output_dir.exists() and not args.output_dir.is_dir():
+        raise UsageError(f"--output-dir: {args.output_dir} is a file, not a folder")
     manager = EngineManager(device=args.device, dtype=args.dtype)
     result = tasks.run(args.task, payload, manager, args.model, on_step=_print_step,
                        need_latents=args.save_latents)
-    path = tasks.save_result(result, args.output_dir, args.format, save_latents=args.save_latents)
+    try:
+        path = tasks.save_result(result, args.output_dir, args.format,
+                                 save_latents=args.save_latents, overwrite=args.overwrite)
+    except OSError as error:
+        raise CannotWrite(f"could not write the result in {args.output_dir}: "
+                          f"{error.strerror or error}") from None
     print(path)
     if args.save_latents:
         print(tasks.latents_path(path))
@@ -105,9 +134,19 @@ def tiny_command(args: argparse.Namespace) -> int:
     if args.family == "v1":
         if args.variant is not None:
             raise UsageError("python -m ace_step_ui tiny: --variant applies to v15 only")
-        from .v1.tiny import write_tiny_checkpoint as write_v1
+        from .v1 import vocab
+        from .v1.tiny import add_lyric_vocab, write_tiny_checkpoint as write_v1
 
-        print(write_v1(args.folder))
+        folder = write_v1(args.folder)
+        copied = add_lyric_vocab(folder)
+        if copied:
+            print(f"copied the lyric vocabulary beside the checkpoint: {copied}", file=sys.stderr)
+        else:
+            print(f"{folder} has no lyric vocabulary ({vocab.VOCAB_ENV} is unset and the Hugging Face "
+                  f"cache has none); to generate with it, get it once with `hf download "
+                  f"{vocab.VOCAB_REPO} {vocab.VOCAB_FILE} --repo-type {vocab.VOCAB_REPO_TYPE}` or copy "
+                  f"upstream's vocab.json to {folder / vocab.BESIDE_CHECKPOINT}", file=sys.stderr)
+        print(folder)
     else:
         from .v15.tiny import write_tiny_checkpoint as write_v15
 

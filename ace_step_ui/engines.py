@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import gc
 import importlib
+import itertools
 import json
 import os
+import re
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -28,6 +30,7 @@ DEFAULT_MODEL = "ACE-Step/ACE-Step-v1-3.5B"
 # The model families in order of preference: the first is the default for an unknown Hub id.
 FAMILY_MODULES = (f"{__package__}.v1.engine", f"{__package__}.v15.engine")
 
+DEVICE_PATTERN = re.compile(r"cpu|mps|cuda(:\d{1,3})?")
 # step (1-based), total steps
 StepCallback = Callable[[int, int], None]
 
@@ -167,18 +170,28 @@ def read_json(path: Path) -> dict[str, Any]:
 
 
 def pick_device(device: str) -> torch.device:
+    """The torch device `device` names (auto: CUDA, else MPS, else CPU); InputError for one this
+    machine does not have, rather than torch's traceback when the model loads."""
     if device == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
         if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    try:
-        chosen = torch.device(device)
-    except RuntimeError:
-        raise InputError(f"unknown device '{device}'; use auto, cpu, cuda, cuda:N or mps") from None
-    if chosen.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device '{device}' was asked for but no CUDA GPU is available; use cpu")
+    if not isinstance(device, str) or not DEVICE_PATTERN.fullmatch(device):
+        raise InputError(f"unknown device '{device}'; use auto, cpu, cuda, cuda:N or mps")
+    chosen = torch.device(device)
+    if chosen.type == "cuda":
+        count = torch.cuda.device_count()
+        if count == 0:
+            raise InputError(f"device '{device}' was asked for but no CUDA GPU is available; "
+                             f"use cpu")
+        if chosen.index is not None and chosen.index >= count:
+            raise InputError(f"device '{device}': this machine has {count} CUDA GPU(s), cuda:0 "
+                             f"to cuda:{count - 1}")
+    if chosen.type == "mps" and not (getattr(torch.backends, "mps", None)
+                                     and torch.backends.mps.is_available()):
+        raise InputError(f"device '{device}': no Apple GPU is available here; use cpu")
     return chosen
 
 
@@ -196,20 +209,73 @@ def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return torch.float32
 
 
+class GpuSlot:
+    """One job at a time on the model, in the order the jobs were submitted (`number`); a job
+    waiting for the slot leaves the line as soon as its stop event is set, so a cancelled job never
+    holds it, and a job still reading its source lets the ready ones behind it go first."""
+
+    POLL_S = 0.1  # how often a waiting job looks at its stop event
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._line: list[int] = []
+        self._busy = False
+        self._numbers = itertools.count()
+
+    def number(self) -> int:
+        """A place in line, taken when a job is submitted."""
+        return next(self._numbers)
+
+    def waiting(self) -> int:
+        """How many jobs wait for the slot."""
+        with self._changed:
+            return len(self._line)
+
+    @property
+    def busy(self) -> bool:
+        return self._busy
+
+    @contextmanager
+    def hold(self, stop: threading.Event, on_wait: Callable[[int], None] | None = None,
+             number: int | None = None) -> Iterator[None]:
+        """Wait for the slot (reporting how many jobs are ahead), hold it for the block."""
+        mine = self.number() if number is None else number
+        with self._changed:
+            self._line.append(mine)
+            try:
+                while self._busy or min(self._line) != mine:
+                    if stop.is_set():
+                        raise Cancelled("stopped by the user before it started")
+                    if on_wait is not None:
+                        on_wait(sum(other < mine for other in self._line) + int(self._busy))
+                    self._changed.wait(self.POLL_S)
+            finally:
+                self._line.remove(mine)
+                self._changed.notify_all()
+            self._busy = True
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._busy = False
+                self._changed.notify_all()
+
+
 class EngineManager:
     """Holds at most one loaded engine and runs one job at a time on it.
 
-    Jobs belong to an owner (a browser session, an API client); `cancel(owner)` stops that owner's
-    job at its next diffusion step, or before it starts if it is still waiting for the GPU.
+    Jobs belong to an owner (a browser session, an API client); `cancel(owner)` stops all of that
+    owner's jobs at their next diffusion step, or before they start if they are still waiting for
+    the slot. Reading sources happens outside the slot, so a slow download never holds it.
     """
 
     def __init__(self, device: str = "auto", dtype: str = "auto"):
         self.device = device
         self.dtype = dtype
-        self.gpu_lock = threading.Lock()
+        self.slot = GpuSlot()
         self._engine: Engine | None = None
         self._engine_key: tuple[str, str, str] | None = None
-        self._stops: dict[str, threading.Event] = {}
+        self._stops: dict[str, set[threading.Event]] = {}
         self._stops_lock = threading.Lock()
 
     def get(self, model: str) -> Engine:
@@ -234,26 +300,29 @@ class EngineManager:
             torch.cuda.empty_cache()
 
     @contextmanager
-    def job(self, owner: str = "") -> Iterator[threading.Event]:
-        """Register a job of `owner` for its duration; the event is set when it should stop."""
-        stop = threading.Event()
+    def job(self, owner: str = "", stop: threading.Event | None = None
+            ) -> Iterator[threading.Event]:
+        """Register a job of `owner` for its duration; the event (`stop`, or a new one) is set
+        when it should stop."""
+        stop = stop or threading.Event()
         with self._stops_lock:
-            self._stops[owner] = stop
+            self._stops.setdefault(owner, set()).add(stop)
         try:
             yield stop
         finally:
             with self._stops_lock:
-                if self._stops.get(owner) is stop:
-                    del self._stops[owner]
+                jobs = self._stops.get(owner, set())
+                jobs.discard(stop)
+                if not jobs:
+                    self._stops.pop(owner, None)
 
     def cancel(self, owner: str = "") -> bool:
-        """Stop `owner`'s waiting or running job; False when it has none."""
+        """Stop `owner`'s waiting and running jobs; False when it has none."""
         with self._stops_lock:
-            stop = self._stops.get(owner)
-        if stop is None:
-            return False
-        stop.set()
-        return True
+            jobs = list(self._stops.get(owner, ()))
+        for stop in jobs:
+            stop.set()
+        return bool(jobs)
 
     @staticmethod
     def step_callback(report: StepCallback | None, stop: threading.Event) -> StepCallback:

@@ -2,15 +2,22 @@
 
 Downloads go through `huggingface_hub.snapshot_download`, whose tqdm bars `gr.Progress(track_tqdm=
 True)` shows in the UI and the CLI prints on stderr. Every way of not finding a model becomes a
-`ModelUnavailableError` naming the repo and how to pre-download it.
+`ModelUnavailableError` naming the repo and how to pre-download it. Without a network the answer
+comes at once: `hub_reachable` asks the Hub once, without retries, before the library is let loose.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 from pathlib import Path
 from typing import Callable, Sequence
 
 from .errors import ModelUnavailableError
+
+if not os.environ.get("HF_HUB_VERBOSITY"):
+    # huggingface_hub warns on every retry ("Retrying in 1s [Retry 1/5]"); our errors are one line.
+    logging.getLogger("huggingface_hub.utils._http").setLevel(logging.ERROR)
 
 
 def snapshot_in_cache_layout(folder: Path) -> Path | None:
@@ -46,7 +53,8 @@ def download(repo_id: str, allow_patterns: Sequence[str] | None = None,
            f"with --model DIR.")
     try:
         return Path(snapshot_download(repo_id, repo_type=repo_type,
-                                      allow_patterns=list(allow_patterns) if allow_patterns else None))
+                                      allow_patterns=list(allow_patterns) if allow_patterns else None,
+                                      local_files_only=not hub_reachable(repo_id, repo_type)))
     except IncompleteSnapshotError as error:
         raise ModelUnavailableError(
             f"the cached copy of {repo_id} is incomplete and the Hub cannot be reached "
@@ -61,6 +69,27 @@ def download(repo_id: str, allow_patterns: Sequence[str] | None = None,
     except (RepositoryNotFoundError, RevisionNotFoundError, HFValidationError):
         raise ModelUnavailableError(
             f"{repo_id} was not found on the Hugging Face Hub; check the model id") from None
+
+
+def hub_reachable(repo_id: str, repo_type: str | None = None) -> bool:
+    """Whether the Hub answers about `repo_id` within HF_HUB_ETAG_TIMEOUT (default 10 s); False
+    when HF_HUB_OFFLINE is set or the connection fails.
+
+    One request, never retried: left to itself, hf_hub_download retries a failed connection five
+    times with backoff (about 25 s, a warning each) and snapshot_download's first request has no
+    timeout at all. An HTTP error is an answer: the download itself reports it.
+    """
+    from httpx2 import TransportError
+    from huggingface_hub import HfApi, constants
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+    try:
+        HfApi().repo_info(repo_id, repo_type=repo_type, timeout=constants.HF_HUB_ETAG_TIMEOUT)
+    except HfHubHTTPError:
+        return True
+    except (TransportError, OfflineModeIsEnabled):
+        return False
+    return True
 
 
 def require_files(root: Path, names: Sequence[str], model: str,

@@ -18,7 +18,9 @@ import socket
 import ssl
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 from urllib.parse import quote, unquote, urljoin, urlsplit
 
 from .errors import InputError
@@ -51,14 +53,36 @@ NAT64 = ipaddress.ip_network("64:ff9b::/96")
 _URL_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 
 
+@contextmanager
+def fetched_source(value: str, download_dir: str | Path) -> Iterator[Path]:
+    """The local file of `value` for the length of the block: a path the user named, as it is; or
+    an https:// download or decoded data: URI, which the block owns and deletes as it ends."""
+    path = resolve_audio_source(value, download_dir)
+    try:
+        yield path
+    finally:
+        if _is_fetched(value):
+            path.unlink(missing_ok=True)
+
+
+def _is_fetched(value: str) -> bool:
+    """Whether `resolve_audio_source` makes a new file for `value` (a URL or a data: URI), which
+    is then the caller's to delete, rather than returning a path the user named."""
+    value = value.strip()
+    return value[:5].lower() == "data:" or bool(_URL_SCHEME.match(value))
+
+
 def resolve_audio_source(value: str, download_dir: str | Path) -> Path:
-    """A local path as it is; an https:// URL downloaded or a data: URI decoded into download_dir."""
+    """A local path as it is; an https:// URL downloaded or a data: URI decoded into a new file in
+    download_dir, which the caller deletes (`fetched_source` does)."""
     value = value.strip()
     if value[:5].lower() == "data:":
         return _save_data_uri(value, Path(download_dir))
     if _URL_SCHEME.match(value):
         return _download(value, Path(download_dir))
     path = Path(value).expanduser()
+    if path.is_dir():
+        raise InputError(f"'{value}' is a folder, not an audio file: name the file inside it")
     if not path.is_file():
         raise InputError(f"audio file '{value}' not found: check the path, or use an https:// URL")
     return path

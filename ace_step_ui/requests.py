@@ -28,13 +28,21 @@ MIN_EDIT_SECONDS = 1.0
 MAX_EDIT_SECONDS = 240.0  # the hosted APIs' per-call limit
 MAX_OSS_STEPS = 200  # entries, as many as number_of_steps allows
 MAX_OSS_STEP = 1000  # the schedulers' training timesteps: a longer base schedule only repeats them
+MAX_OSS_STEPS_CHARS = 10 * MAX_OSS_STEPS  # the text form: "1000.0, " fits in 10 characters an entry
+# Tags and lyrics: a 240 s song's lyrics take 1,000 to 3,000 characters, and v1's text encoder reads
+# only 256 tokens of tags. It bounds the lyric tokenisation; v1 also refuses over 4,096 lyric tokens.
+MAX_TEXT_CHARS = 4_000
+MAX_SOURCE_CHARS = 2_048  # a path, an https:// URL or a Hub id (URLs past 2,048 break many servers)
+AUDIO_SOURCES = ("audio", "reference_audio")  # also take data: URIs, which remote.py bounds (200 MB)
+SHOWN_CHARS = 40  # how much of a value a message quotes
 V1_ONLY = " ACE-Step v1 only."
 
 
 def _param(default: Any, help: str, *, minimum: float | None = None, maximum: float | None = None,
-           choices: tuple[str, ...] | None = None, required: bool = False, advanced: bool = False) -> Any:
+           choices: tuple[str, ...] | None = None, required: bool = False, advanced: bool = False,
+           max_length: int | None = None) -> Any:
     meta = {"help": help, "minimum": minimum, "maximum": maximum, "choices": choices,
-            "required": required, "advanced": advanced}
+            "required": required, "advanced": advanced, "max_length": max_length}
     return field(default=default, metadata=meta)
 
 
@@ -42,9 +50,11 @@ def _param(default: Any, help: str, *, minimum: float | None = None, maximum: fl
 class BaseRequest:
     """Parameters every task shares: the song description, the seed and the advanced sampler set."""
 
-    tags: str = _param("", "Comma-separated genre, mood and instrument tags.", required=True)
+    tags: str = _param("", "Comma-separated genre, mood and instrument tags.", required=True,
+                       max_length=MAX_TEXT_CHARS)
     lyrics: str = _param("", "Lyrics with [verse], [chorus], [bridge]… markers; [inst] or "
-                             "[instrumental] for no vocals; blank lets the model decide.")
+                             "[instrumental] for no vocals; blank lets the model decide.",
+                         max_length=MAX_TEXT_CHARS)
     seed: int = _param(-1, "Random seed; -1 draws one (the seed used is returned).",
                        minimum=-1, maximum=SEED_MAX)
     retake_seed: int = _param(-1, "Seed of the second noise: the one `variance` blends in, and the "
@@ -84,10 +94,11 @@ class BaseRequest:
                                             "of a max(oss_steps)-step schedule (e.g. 16, 29, 52, 76, "
                                             "100); overrides number_of_steps; not with heun; empty = "
                                             "the plain schedule." + V1_ONLY,
-                                        minimum=1, maximum=MAX_OSS_STEP, advanced=True)
+                                        minimum=1, maximum=MAX_OSS_STEP, advanced=True,
+                                        max_length=MAX_OSS_STEPS_CHARS)
     lora: str = _param("", "LoRA adapter for the transformer: a local folder or file, or a Hub repo "
                            "id such as ACE-Step/ACE-Step-v1-chinese-rap-LoRA; empty = none."
-                       + V1_ONLY, advanced=True)
+                       + V1_ONLY, advanced=True, max_length=MAX_SOURCE_CHARS)
     lora_scale: float = _param(1.0, "Weight of the LoRA (negative values push away from it)."
                                + V1_ONLY, minimum=-3.0, maximum=3.0, advanced=True)
     # Names the caller set explicitly; engines keep their own presets for the rest.
@@ -112,7 +123,7 @@ class GenerateRequest(BaseRequest):
     reference_audio: str = _param("", "Audio-to-audio: a reference track (file path or https:// "
                                       "URL) that the song starts from; its length sets the song's, "
                                       "and duration is not used. Empty = plain generation."
-                                  + V1_ONLY, advanced=True)
+                                  + V1_ONLY, advanced=True, max_length=MAX_SOURCE_CHARS)
     audio2audio_strength: float = _param(0.5, "How closely the song follows the reference audio "
                                                "(higher = closer); it runs (1 - strength) x "
                                                "number_of_steps steps, at least 1." + V1_ONLY,
@@ -124,7 +135,8 @@ class GenerateRequest(BaseRequest):
 @dataclass(frozen=True, kw_only=True)
 class SourceRequest(BaseRequest):
     audio: str = _param("", "Source audio: a file path or an https:// URL (WAV, MP3, FLAC, OGG, "
-                            "M4A…, up to 60 minutes). `audio_url` is accepted too.", required=True)
+                            "M4A…, up to 60 minutes). `audio_url` is accepted too.", required=True,
+                    max_length=MAX_SOURCE_CHARS)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -160,8 +172,9 @@ class EditRequest(SourceRequest):
     edit_mode: str = _param("remix", "remix: new style, same structure; lyrics: new words, same "
                                      "music.", choices=("remix", "lyrics"))
     original_tags: str = _param("", "The tags the source audio was made with (or that describe "
-                                    "it).", required=True)
-    original_lyrics: str = _param("", "The lyrics of the source audio; blank if none or unknown.")
+                                    "it).", required=True, max_length=MAX_TEXT_CHARS)
+    original_lyrics: str = _param("", "The lyrics of the source audio; blank if none or unknown.",
+                                  max_length=MAX_TEXT_CHARS)
     original_seed: int = _param(-1, "The seed the source audio was made with; -1 = unknown.",
                                 minimum=-1, maximum=SEED_MAX, advanced=True)
 
@@ -198,9 +211,11 @@ def parse_request(task: str, payload: Mapping[str, Any]) -> BaseRequest:
     fields = {f.name: f for f in public_fields(request_type)}
     values: dict[str, Any] = {}
     for key, raw in payload.items():
+        if not isinstance(key, str):
+            raise InputError(f"parameter names must be text, not {_shown(key)}")
         name = ALIASES.get(key, key)
         if name not in fields:
-            raise InputError(_unknown_parameter_message(str(key), task, fields))
+            raise InputError(_unknown_parameter_message(key, task, fields))
         if raw is None:
             continue
         value = _coerce(fields[name], raw)
@@ -217,8 +232,8 @@ def parse_request(task: str, payload: Mapping[str, Any]) -> BaseRequest:
 
 
 def _request_type(task: str) -> type[BaseRequest]:
-    if task not in REQUEST_TYPES:
-        raise InputError(f"unknown task '{task}'; choose one of {', '.join(TASKS)}")
+    if not isinstance(task, str) or task not in REQUEST_TYPES:
+        raise InputError(f"unknown task {_shown(task)}; choose one of {', '.join(TASKS)}")
     return REQUEST_TYPES[task]
 
 
@@ -240,9 +255,9 @@ def _field_kind(spec: dataclasses.Field) -> str:
 
 
 def _unknown_parameter_message(key: str, task: str, fields: Mapping[str, Any]) -> str:
-    close = difflib.get_close_matches(key, list(fields) + list(ALIASES), n=1)
+    close = difflib.get_close_matches(key[:SHOWN_CHARS], list(fields) + list(ALIASES), n=1)
     hint = f" (did you mean '{close[0]}'?)" if close else ""
-    return f"unknown parameter '{key}' for {task}{hint}; known: {', '.join(fields)}"
+    return f"unknown parameter {_shown(key)} for {task}{hint}; known: {', '.join(fields)}"
 
 
 def _coerce(spec: dataclasses.Field, raw: Any) -> Any:
@@ -252,14 +267,15 @@ def _coerce(spec: dataclasses.Field, raw: Any) -> Any:
     if kind == "bool":
         return _as_bool(name, raw)
     if kind == "int_list":
-        return _as_int_list(name, raw, meta["minimum"], meta["maximum"])
+        return _as_int_list(name, raw, meta["minimum"], meta["maximum"], meta["max_length"])
     if kind == "str":
         if not isinstance(raw, str):
             raise InputError(f"'{name}' must be text, not {type(raw).__name__}")
-        value: Any = raw
-        if meta["choices"] and value not in meta["choices"]:
-            raise InputError(f"'{name}' must be one of {', '.join(meta['choices'])}, not '{value}'")
-        return value
+        if not (name in AUDIO_SOURCES and raw.lstrip()[:5].lower() == "data:"):
+            _check_length(name, raw, meta["max_length"])
+        if meta["choices"] and raw not in meta["choices"]:
+            raise InputError(f"'{name}' must be one of {', '.join(meta['choices'])}, not {_shown(raw)}")
+        return raw
     number = _as_number(name, raw)
     if kind == "int":
         number = _whole(name, number, raw)
@@ -269,13 +285,19 @@ def _coerce(spec: dataclasses.Field, raw: Any) -> Any:
 
 def _whole(name: str, number: float, raw: Any) -> int:
     if number != int(number):
-        raise InputError(f"'{name}' must be a whole number, not {raw!r}")
+        raise InputError(f"'{name}' must be a whole number, not {_shown(raw)}")
     return int(number)
 
 
 def _check_range(name: str, number: float, low: float | None, high: float | None) -> None:
     if (low is not None and number < low) or (high is not None and number > high):
         raise InputError(f"'{name}' must be between {_fmt(low)} and {_fmt(high)}, not {_fmt(number)}")
+
+
+def _check_length(name: str, text: str, limit: int | None) -> None:
+    if limit is not None and len(text) > limit:
+        raise InputError(f"'{name}' is {len(text):,} characters long; at most {limit:,} are allowed: "
+                         f"shorten it")
 
 
 def _as_bool(name: str, raw: Any) -> bool:
@@ -285,12 +307,13 @@ def _as_bool(name: str, raw: Any) -> bool:
         return bool(raw)
     if isinstance(raw, str) and raw.strip().lower() in TRUE_WORDS + FALSE_WORDS:
         return raw.strip().lower() in TRUE_WORDS
-    raise InputError(f"'{name}' must be true or false, not {raw!r}")
+    raise InputError(f"'{name}' must be true or false, not {_shown(raw)}")
 
 
-def _as_int_list(name: str, raw: Any, low: float, high: float) -> tuple[int, ...]:
+def _as_int_list(name: str, raw: Any, low: float, high: float, max_length: int) -> tuple[int, ...]:
     """A JSON list of whole numbers, or upstream's text form "16, 29, 52"; empty = none."""
     if isinstance(raw, str):
+        _check_length(name, raw, max_length)
         parts: list[Any] = raw.replace(",", " ").split()
     elif isinstance(raw, (list, tuple)):
         parts = list(raw)
@@ -304,7 +327,7 @@ def _as_int_list(name: str, raw: Any, low: float, high: float) -> tuple[int, ...
         number = _whole(name, _as_number(name, part), part)
         if not low <= number <= high:
             raise InputError(f"'{name}' entries must be between {_fmt(low)} and {_fmt(high)}, "
-                             f"not {number}")
+                             f"not {_fmt(number)}")
         steps.append(number)
     for earlier, later in zip(steps, steps[1:]):
         if later <= earlier:
@@ -319,18 +342,37 @@ def _as_number(name: str, raw: Any) -> float:
         try:
             raw = float(raw.strip())
         except ValueError:
-            raise InputError(f"'{name}' must be a number, not {raw!r}") from None
+            raise InputError(f"'{name}' must be a number, not {_shown(raw)}") from None
     if not isinstance(raw, (int, float)):
         raise InputError(f"'{name}' must be a number, not {type(raw).__name__}")
-    if not math.isfinite(raw):
+    if isinstance(raw, float) and not math.isfinite(raw):  # an int of any size is finite
         raise InputError(f"'{name}' must be a finite number, not {raw!r}")
     return raw
 
 
 def _fmt(x: float | None) -> str:
+    """A number as messages show it: whole numbers without ".0", huge ones (of any size) as 1e+20."""
     if x is None:
         return "unbounded"
+    if abs(x) >= 1e15:
+        try:
+            return f"{float(x):.6g}"
+        except OverflowError:
+            return "a number beyond ±1e308"
     return str(int(x)) if float(x).is_integer() else repr(float(x))
+
+
+def _shown(raw: Any) -> str:
+    """A value the caller sent, quoted short: numbers as numbers, text cut, anything else by type."""
+    if isinstance(raw, (int, float)) and not isinstance(raw, bool):
+        return _fmt(raw)
+    if isinstance(raw, str):
+        if len(raw) <= SHOWN_CHARS:
+            return repr(raw)
+        return f"{raw[:SHOWN_CHARS]!r}… ({len(raw):,} characters)"
+    if raw is None or isinstance(raw, bool):
+        return repr(raw)
+    return f"a {type(raw).__name__}"
 
 
 def _check_combination(request: BaseRequest) -> None:

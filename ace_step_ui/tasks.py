@@ -9,22 +9,27 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import tempfile
+import threading
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 
-from .audio import Audio, read_audio, write_audio
+from .audio import FORMATS, Audio, encode_audio, read_audio
 from .engines import DEFAULT_MODEL, EngineManager, StepCallback, family_for
 from .errors import Cancelled, InputError
-from .remote import resolve_audio_source
-from .requests import (EditRequest, GenerateRequest, InpaintRequest, OutpaintRequest, SourceRequest,
-                       derive_retake_seed, parse_request, resolve_range, resolve_seed)
+from .files import staged
+from .remote import fetched_source
+from .requests import (BaseRequest, EditRequest, GenerateRequest, InpaintRequest, OutpaintRequest,
+                       SourceRequest, derive_retake_seed, parse_request, resolve_range,
+                       resolve_seed)
 
 APP_NAME = "ace_step_ui"
 LATENTS_SUFFIX = ".latents.safetensors"
@@ -45,50 +50,69 @@ def work_dir() -> Path:
     return folder
 
 
-def run(task: str, payload: Mapping[str, Any], manager: EngineManager, model: str,
-        on_step: StepCallback | None = None, owner: str = "", need_latents: bool = False) -> Result:
-    """Run `task` on `model`; `need_latents` refuses, before any work, a model that returns none."""
+def check(task: str, payload: Mapping[str, Any], model: str) -> BaseRequest:
+    """Step 1 alone: the validated request, refused before any file is read or model loaded."""
     request = parse_request(task, payload)
+    family_for(model).check_request(model, request)
+    return request
+
+
+def run(task: str, payload: Mapping[str, Any], manager: EngineManager, model: str,
+        on_step: StepCallback | None = None, owner: str = "", need_latents: bool = False,
+        stop: threading.Event | None = None, on_wait: Callable[[int], None] | None = None,
+        number: int | None = None) -> Result:
+    """Run `task` on `model`; `need_latents` refuses, before any work, a model that returns none.
+
+    The job belongs to `owner` (see `EngineManager.cancel`) and ends at its next step once `stop`
+    is set; `on_wait(jobs_ahead)` reports while it waits for the model's slot, where it keeps the
+    place `number` (from `manager.slot.number()`, taken when it was submitted).
+    """
+    request = check(task, payload, model)
     family = family_for(model)
-    family.check_request(model, request)
     if need_latents and not family.returns_latents:
         raise no_latents_error(model)
-    source = reference = None
-    source_info: dict[str, Any] = {}
-    if isinstance(request, SourceRequest):
-        source = read_audio(resolve_audio_source(request.audio, work_dir()))
-        source_info["source"] = describe(source)
-    if isinstance(request, GenerateRequest) and request.reference_audio:
-        reference = read_audio(resolve_audio_source(request.reference_audio, work_dir()))
-        source_info["reference"] = describe(reference)
-    edit_range: tuple[float, float] | None = None
-    if isinstance(request, InpaintRequest):
-        assert source is not None
-        edit_range = resolve_range(request, source.duration_s)
-        source_info["range_s"] = list(edit_range)
-
-    seed = resolve_seed(request.seed)
-    retake_seed = request.retake_seed if request.retake_seed >= 0 else derive_retake_seed(seed)
-
-    with manager.job(owner) as stop, manager.gpu_lock:
-        if stop.is_set():
-            raise Cancelled("stopped by the user before it started")
-        started = time.perf_counter()
-        engine = manager.get(model)
-        loaded = time.perf_counter()
-        step = manager.step_callback(on_step, stop)
-        if isinstance(request, GenerateRequest):
-            output = engine.generate(request, seed, retake_seed, step, reference=reference)
-        elif isinstance(request, InpaintRequest):
-            assert source is not None and edit_range is not None
-            output = engine.inpaint(request, source, *edit_range, seed, retake_seed, step)
-        elif isinstance(request, EditRequest):
+    with manager.job(owner, stop) as stop, ExitStack() as downloads:
+        source = reference = None
+        source_info: dict[str, Any] = {}
+        if isinstance(request, SourceRequest):
+            source = read_audio(downloads.enter_context(fetched_source(request.audio, work_dir())))
+            source_info["source"] = describe(source)
+        if isinstance(request, GenerateRequest) and request.reference_audio:
+            reference = read_audio(downloads.enter_context(
+                fetched_source(request.reference_audio, work_dir())))
+            source_info["reference"] = describe(reference)
+        downloads.close()  # read into memory: a downloaded file is not needed any more
+        edit_range: tuple[float, float] | None = None
+        if isinstance(request, InpaintRequest):
             assert source is not None
-            output = engine.edit(request, source, seed, retake_seed, step)
-        else:
-            assert isinstance(request, OutpaintRequest) and source is not None
-            output = engine.outpaint(request, source, seed, retake_seed, step)
-        finished = time.perf_counter()
+            request, fitted = fit_defaults(request, source.duration_s)
+            edit_range = resolve_range(request, source.duration_s)
+            source_info["range_s"] = list(edit_range)
+            if fitted:
+                source_info["fitted"] = fitted
+
+        seed = resolve_seed(request.seed)
+        retake_seed = request.retake_seed if request.retake_seed >= 0 else derive_retake_seed(seed)
+
+        with manager.slot.hold(stop, on_wait, number):
+            if stop.is_set():
+                raise Cancelled("stopped by the user before it started")
+            started = time.perf_counter()
+            engine = manager.get(model)
+            loaded = time.perf_counter()
+            step = manager.step_callback(on_step, stop)
+            if isinstance(request, GenerateRequest):
+                output = engine.generate(request, seed, retake_seed, step, reference=reference)
+            elif isinstance(request, InpaintRequest):
+                assert source is not None and edit_range is not None
+                output = engine.inpaint(request, source, *edit_range, seed, retake_seed, step)
+            elif isinstance(request, EditRequest):
+                assert source is not None
+                output = engine.edit(request, source, seed, retake_seed, step)
+            else:
+                assert isinstance(request, OutpaintRequest) and source is not None
+                output = engine.outpaint(request, source, seed, retake_seed, step)
+            finished = time.perf_counter()
 
     honoured = engine.honoured(task) - output.unused
     sent = request.to_dict()
@@ -115,6 +139,17 @@ def run(task: str, payload: Mapping[str, Any], manager: EngineManager, model: st
     return Result(output.audio, seed, params, output.latents)
 
 
+def fit_defaults(request: InpaintRequest, source_seconds: float
+                 ) -> tuple[InpaintRequest, dict[str, float]]:
+    """The hosted default end_time (30 s) fitted to a shorter source, and what was fitted; a value
+    the caller set is left for `resolve_range` to check."""
+    if (request.is_set("end_time") or request.end_time_relative_to != "start"
+            or request.end_time <= source_seconds):
+        return request, {}
+    end = round(source_seconds, 6)
+    return dataclasses.replace(request, end_time=end), {"end_time": end}
+
+
 def describe(audio: Audio) -> dict[str, Any]:
     return {"sample_rate": audio.sample_rate, "channels": audio.channels,
             "duration_s": round(audio.duration_s, 6)}
@@ -130,6 +165,17 @@ def output_stem(result: Result) -> str:
     return f"{result.params['task']}-{tags}-{result.seed}"
 
 
+def free_stem(directory: Path, stem: str) -> str:
+    """`stem`, else the first of `stem-2`, `stem-3`, ... that no result file in `directory` uses
+    (audio of any format, sidecar or latents: they share the stem)."""
+    suffixes = [f".{fmt}" for fmt in FORMATS] + [".json", LATENTS_SUFFIX]
+    candidate, number = stem, 1
+    while any((directory / f"{candidate}{suffix}").exists() for suffix in suffixes):
+        number += 1
+        candidate = f"{stem}-{number}"
+    return candidate
+
+
 def no_latents_error(model: str) -> InputError:
     return InputError(f"the model {model} returns no diffusion latents, so none can be saved; "
                       f"ACE-Step v1 ({DEFAULT_MODEL}) does")
@@ -142,26 +188,34 @@ def latents_path(audio_path: str | Path) -> Path:
 
 
 def save_result(result: Result, directory: str | Path, fmt: str, stem: str | None = None,
-                save_latents: bool = False) -> Path:
+                save_latents: bool = False, overwrite: bool = False) -> Path:
     """Write the audio (with its metadata) and a JSON sidecar of the same stem; return the audio.
 
     With `save_latents`, also `<stem>.latents.safetensors`: the one tensor `latents`, float32, as
-    the engine gave it (batch, channels, height, frames).
+    the engine gave it (batch, channels, height, frames). The files appear together and complete,
+    the audio last (`files.staged`). A result already under the stem is kept and this one takes the
+    first free `<stem>-2`, `<stem>-3`, ...; with `overwrite` it is replaced.
     """
     if save_latents and result.latents is None:
         raise no_latents_error(result.params.get("model", ""))
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     stem = stem or output_stem(result)
-    path = write_audio(directory / f"{stem}.{fmt}", result.audio, fmt, audio_metadata(result))
-    extra: dict[str, Any] = {"audio_path": str(path)}
-    if save_latents:
-        from safetensors.torch import save_file
+    if not overwrite:
+        stem = free_stem(directory, stem)
+    path = directory / f"{stem}.{fmt}"
+    latents = latents_path(path) if save_latents else None
+    extra = {"audio_path": str(path), **({"latents_path": str(latents)} if latents else {})}
+    with staged(([latents] if latents else []) + [directory / f"{stem}.json", path]) as partials:
+        if latents is not None:
+            from safetensors.torch import save_file
 
-        assert result.latents is not None
-        tensor = result.latents.detach().to(device="cpu", dtype=torch.float32).contiguous()
-        save_file({"latents": tensor}, str(latents_path(path)))
-        extra["latents_path"] = str(latents_path(path))
-    sidecar = path.with_suffix(".json")
-    sidecar.write_text(json.dumps({**result.params, **extra}, indent=2, ensure_ascii=False))
+            assert result.latents is not None
+            tensor = result.latents.detach().to(device="cpu", dtype=torch.float32).contiguous()
+            save_file({"latents": tensor}, str(partials[0]))
+        sidecar = json.dumps({**result.params, **extra}, indent=2, ensure_ascii=False)
+        partials[-2].write_text(sidecar)
+        encode_audio(partials[-1], result.audio, fmt, audio_metadata(result))
+    if overwrite and latents is None:
+        latents_path(path).unlink(missing_ok=True)  # the replaced result's: it would pass as ours
     return path

@@ -12,25 +12,33 @@ import json
 import logging
 import shutil
 import tempfile
+import threading
 import time
+from collections import Counter
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
+import anyio
 import gradio as gr
+from gradio.components.api_component import Api
+from gradio.data_classes import FileData
+from gradio.utils import get_upload_folder
 
 from . import tasks
-from .audio import FORMATS
+from .access import RemoteAccess
+from .audio import FORMATS, header_duration_s, read_audio
 from .engines import EngineManager, family_for
 from .errors import Cancelled, InputError, ModelUnavailableError
 from .gpu import gpu
-from .requests import TASKS, is_default, parse_request, schema
+from .requests import ALIASES, TASKS, is_default, schema
 
 logger = logging.getLogger(__name__)
 
 PRESETS_FILE = Path(__file__).resolve().parent.parent / "examples" / "presets.json"
-QUEUE_SIZE = 32
+QUEUE_SIZE = 32  # jobs waiting for or holding the model, all users together
 GPU_SECONDS = 120
-OUTPUT_TTL_S = 3600
+OUTPUT_TTL_S = 3600  # results (and gradio's copies of uploads) are kept this long
 SOURCE_MAX_S = 240.0  # the hosted ranges of start_time, end_time and the extensions
 DESCRIPTIONS = {
     "generate": "Generate a song from tags and lyrics.",
@@ -40,6 +48,16 @@ DESCRIPTIONS = {
             "(ACE-Step v1).",
 }
 AUDIO_PARAMS = ("audio", "reference_audio")
+# Small events: queued (so an error shows as a toast), never waiting behind a job.
+QUICK_EVENT: dict[str, Any] = dict(concurrency_limit=None, concurrency_id="ui",
+                                   show_progress="hidden")
+UI_EVENT: dict[str, Any] = dict(QUICK_EVENT, api_visibility="private")  # the page's alone
+# JSON types of the API's parameters, by schema kind.
+JSON_TYPES: dict[str, dict[str, Any]] = {
+    "str": {"type": "string"}, "int": {"type": "integer"}, "float": {"type": "number"},
+    "bool": {"type": "boolean"},
+    "int_list": {"anyOf": [{"type": "array", "items": {"type": "integer"}}, {"type": "string"}]},
+}
 OSS_PLACEHOLDER = "e.g. 16, 29, 52, 76, 100"
 LYRICS_HINT = ("Put section markers on their own lines: `[verse]`, `[chorus]`, `[bridge]`, "
                "`[outro]`. Write just `[inst]` for an instrumental; leave blank to let the model "
@@ -94,23 +112,19 @@ def source_seconds(path: str | None) -> float | None:
     """The duration of an uploaded file, or None when it cannot be read cheaply."""
     if not path:
         return None
-    import soundfile
-
+    seconds = header_duration_s(path)
+    if seconds is not None:
+        return seconds
     try:
-        return float(soundfile.info(path).duration)
-    except (RuntimeError, OSError, ValueError):
-        pass
-    try:
-        from .audio import read_audio
-
         return read_audio(path).duration_s
-    except Exception:  # an unreadable upload is reported when the task runs
+    except InputError:  # an unreadable upload is reported when the task runs
         return None
 
 
 def _output_folder() -> Path:
-    """A fresh folder under the temp area for one result; folders older than an hour go."""
-    root = tasks.work_dir() / "outputs"
+    """A fresh folder for one result in gradio's cache, which serves it from there without a copy;
+    result folders older than an hour go."""
+    root = Path(get_upload_folder()) / "results"
     root.mkdir(parents=True, exist_ok=True)
     cutoff = time.time() - OUTPUT_TTL_S
     for old in root.iterdir():
@@ -144,33 +158,110 @@ def _component(task: str, name: str, spec: dict[str, Any], **overrides: Any) -> 
     return gr.Slider(low, high, value=default, step=step, **common)
 
 
-def _endpoint(task: str, run_on_gpu: Callable[..., Any]) -> Callable[..., Any]:
+class _Jobs:
+    """The app's side of a job: the checks made before it is accepted, the queue bound, the
+    thread it runs in, and its end (a cancel from gradio_client or a closed tab sets its stop)."""
+
+    def __init__(self, manager: EngineManager, access: RemoteAccess):
+        self.manager = manager
+        self.access = access
+        self.run_on_gpu = _gpu_runner(manager)
+        self.threads = anyio.CapacityLimiter(QUEUE_SIZE)
+        self._count = 0
+        self._uploads: Counter[Path] = Counter()  # uploads of running API jobs, and how many
+        self._lock = threading.Lock()
+
+    async def submit(self, task: str, payload: dict[str, Any], model: Any, fmt: Any,
+                     request: gr.Request | None, progress: gr.Progress, from_api: bool
+                     ) -> tuple[str, int, dict[str, Any]]:
+        """Check the job, then run it in a thread; its errors become one message for the caller."""
+        upload_folder = Path(get_upload_folder())
+        try:
+            model = self.access.model(model)
+            fmt = FORMATS[0] if fmt is None else fmt
+            if fmt not in FORMATS:
+                raise InputError(f"format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+            payload = self.access.payload(payload, upload_folder)
+            tasks.check(task, payload, model)  # before the job is queued or any file is read
+        except InputError as error:
+            raise gr.Error(str(error), print_exception=False) from None
+        # An API caller's uploads belong to its one call; the UI keeps its source for the next run.
+        uploads = self.access.uploaded_files(payload, upload_folder) if from_api else []
+        accepted_at = time.time()
+        with self._lock:
+            full = self._count >= QUEUE_SIZE
+            self._count += not full
+            self._uploads.update(uploads)
+        if full:
+            self._release(uploads, accepted_at)
+            raise gr.Error(f"the queue is full ({QUEUE_SIZE} jobs are waiting or running); try "
+                           f"again when one has finished", title="Queue full",
+                           print_exception=False)
+        stop = threading.Event()
+        number = self.manager.slot.number()
+        try:
+            return await anyio.to_thread.run_sync(
+                partial(self.run_on_gpu, task, payload, model, fmt, _owner(request), progress,
+                        stop, number), abandon_on_cancel=True, limiter=self.threads)
+        except anyio.get_cancelled_exc_class():
+            stop.set()  # cancelled by the client or a closed tab: the job ends at its next step
+            raise
+        except Cancelled as error:
+            if from_api:
+                raise gr.Error(str(error), title="Stopped", print_exception=False) from None
+            # Stopping is not a failure: the page keeps its last result and says so once.
+            gr.Info(str(error).capitalize() + "; the last result is kept.", title="Stopped")
+            return gr.skip(), gr.skip(), gr.skip()
+        except (InputError, ModelUnavailableError) as error:
+            raise gr.Error(str(error), print_exception=False) from None
+        except Exception as error:  # a bug, not bad input: Gradio logs the traceback
+            raise gr.Error(f"{task} failed unexpectedly ({type(error).__name__}: {error}); the "
+                           f"server log has the details") from error
+        finally:
+            with self._lock:
+                self._count -= 1
+            self._release(uploads, accepted_at)
+
+    def _release(self, uploads: list[Path], accepted_at: float) -> None:
+        """Delete a job's uploads, unless another running job uses the same file (gradio stores
+        equal uploads once) or it was uploaded again since."""
+        with self._lock:
+            self._uploads.subtract(uploads)
+            unused = [path for path in uploads if self._uploads[path] <= 0]
+            for path in unused:
+                del self._uploads[path]
+                try:
+                    if path.stat().st_mtime < accepted_at:
+                        path.unlink()
+                except OSError:
+                    pass
+
+
+def _endpoint(task: str, jobs: _Jobs, from_api: bool) -> Callable[..., Any]:
     """The event handler of `task`, whose parameters are the hosted API's names (Gradio reads
-    them as the endpoint's keyword arguments) plus `model` and `format`."""
-    spec = schema(task)
-    names = [*spec, "model", "format"]
+    them as the endpoint's keyword arguments) plus `model` and `format`.
+
+    It takes the values as sent (no component preprocessing), so the API refuses what the CLI
+    refuses. From the UI, advanced values left at their defaults are not sent, so the engine keeps
+    its own presets; from the API, every value a caller sends is honoured.
+    """
+    names = _endpoint_names(task, from_api)
     advanced = set(advanced_params(task))
 
-    def endpoint(*args: Any) -> tuple[str, int, dict[str, Any]]:
+    async def endpoint(*args: Any) -> tuple[str, int, dict[str, Any]]:
         *values, request, progress = args
         given = dict(zip(names, values))
         model, fmt = given.pop("model"), given.pop("format")
-        # Advanced values at their defaults stay unset, so the engine keeps its own presets.
-        payload = {name: value for name, value in given.items()
-                   if not (name in advanced and is_default(task, name, value))}
-        try:
-            if not model or not str(model).strip():
-                raise InputError("choose a model: a Hub id or a checkpoint folder")
-            if fmt not in FORMATS:
-                raise InputError(f"format must be one of {', '.join(FORMATS)}, not {fmt!r}")
-            parse_request(task, payload)  # fail fast, before a GPU slot is taken
-        except InputError as error:
-            raise gr.Error(str(error), print_exception=False) from None
-        return run_on_gpu(task, payload, str(model).strip(), fmt, _owner(request), progress)
+        if from_api:
+            payload = {name: value for name, value in given.items() if value is not None}
+        else:
+            payload = {name: value for name, value in given.items()
+                       if not (name in advanced and is_default(task, name, value))}
+        return await jobs.submit(task, payload, model, fmt, request, progress, from_api)
 
     positional = inspect.Parameter.POSITIONAL_OR_KEYWORD
-    # A default of None lets API clients leave out a parameter whose component starts empty (an
-    # optional upload such as reference_audio); parse_request still says what is required.
+    # A default of None lets API clients leave out any parameter; parse_request says what is
+    # required, and an unset parameter keeps the model's preset.
     parameters = [inspect.Parameter(name, positional, default=None) for name in names]
     # Gradio fills these two itself: the request by its annotation, the progress by its default.
     parameters.append(inspect.Parameter("request", positional, default=None,
@@ -180,30 +271,62 @@ def _endpoint(task: str, run_on_gpu: Callable[..., Any]) -> Callable[..., Any]:
     endpoint.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
     endpoint.__annotations__ = {"request": gr.Request}
     endpoint.__name__ = endpoint.__qualname__ = task
-    helps = {**{name: s["help"] for name, s in spec.items()},
-             "model": "Hub model id or checkpoint folder.", "format": "wav, flac or mp3."}
     endpoint.__doc__ = (DESCRIPTIONS[task] + "\n\nArgs:\n"
-                        + "\n".join(f"    {name}: {helps[name]}" for name in names))
+                        + "\n".join(f"    {name}: {_help(task, name)}" for name in names))
     return endpoint
+
+
+def _endpoint_names(task: str, from_api: bool) -> list[str]:
+    """The endpoint's parameters: the task's, the aliases (API only), then model and format."""
+    spec = schema(task)
+    aliases = [alias for alias, name in ALIASES.items() if name in spec] if from_api else []
+    return [*spec, *aliases, "model", "format"]
+
+
+def _help(task: str, name: str) -> str:
+    spec = schema(task)
+    if name in ALIASES:
+        return f"Another name for {ALIASES[name]}."
+    if name == "model":
+        return "One of the models this server offers, by id (see the Model menu); empty = default."
+    if name == "format":
+        return f"{', '.join(FORMATS)}; empty = {FORMATS[0]}."
+    return spec[name]["help"]
+
+
+def _api_inputs(task: str) -> list[Api]:
+    """Inputs that pass the caller's values through untouched, each starting empty (None), so an
+    omitted parameter is unset rather than sent at the hosted default."""
+    spec = schema(task)
+    inputs = []
+    for name in _endpoint_names(task, from_api=True):
+        target = ALIASES.get(name, name)
+        kind = spec[target]["type"] if target in spec else "str"
+        if target in AUDIO_PARAMS:
+            file_schema = FileData.model_json_schema()
+            info: dict[str, Any] = {"anyOf": [file_schema, {"type": "string"}],
+                                    "$defs": file_schema.pop("$defs", {})}
+        else:
+            info = dict(JSON_TYPES[kind])
+        info["description"] = _help(task, name)
+        inputs.append(Api(None, info, label=name))
+    return inputs
 
 
 def _gpu_runner(manager: EngineManager) -> Callable[..., tuple[str, int, dict[str, Any]]]:
     @gpu(duration=GPU_SECONDS)
     def run_on_gpu(task: str, payload: dict[str, Any], model: str, fmt: str, owner: str,
-                   progress: gr.Progress) -> tuple[str, int, dict[str, Any]]:
+                   progress: gr.Progress, stop: threading.Event, number: int
+                   ) -> tuple[str, int, dict[str, Any]]:
         def on_step(step: int, total: int) -> None:
             progress((step, total), desc="diffusion step")
 
-        try:
-            result = tasks.run(task, payload, manager, model, on_step, owner)
-            path = tasks.save_result(result, _output_folder(), fmt)
-        except Cancelled as error:
-            raise gr.Error(str(error), title="Stopped", print_exception=False) from None
-        except (InputError, ModelUnavailableError) as error:
-            raise gr.Error(str(error), print_exception=False) from None
-        except Exception as error:  # a bug, not bad input: Gradio logs the traceback
-            raise gr.Error(f"{task} failed unexpectedly ({type(error).__name__}: {error}); the "
-                           f"server log has the details") from error
+        def on_wait(ahead: int) -> None:
+            progress(None, desc=f"waiting for the model: {ahead} job{'s' * (ahead != 1)} ahead")
+
+        result = tasks.run(task, payload, manager, model, on_step, owner, stop=stop,
+                           on_wait=on_wait, number=number)
+        path = tasks.save_result(result, _output_folder(), fmt)
         return str(path), result.seed, result.params
 
     return run_on_gpu
@@ -214,9 +337,10 @@ def _owner(request: gr.Request | None) -> str:
     return getattr(request, "session_hash", None) or ""
 
 
-def _stopper(manager: EngineManager) -> Callable[[gr.Request], None]:
+def _stopper(manager: EngineManager, quiet: bool = False) -> Callable[[gr.Request], None]:
     def stop(request: gr.Request) -> None:
-        if not manager.cancel(_owner(request)):
+        """Stop your own running or waiting jobs (this browser tab's, or this API client's)."""
+        if not manager.cancel(_owner(request)) and not quiet:
             gr.Info("Nothing of yours is running.")
 
     return stop
@@ -281,8 +405,7 @@ class _Tab:
             self.add("seed", scale=4)
             self.dice = gr.Button("🎲 Random", scale=0, min_width=110, size="sm",
                                   elem_id=f"{self.task}-random-seed")
-        self.dice.click(lambda: -1, None, self.inputs["seed"], queue=False,
-                        api_visibility="private")
+        self.dice.click(lambda: -1, None, self.inputs["seed"], **UI_EVENT)
 
     def advanced(self, model: str) -> None:
         visible = visible_advanced(model, self.task)
@@ -321,27 +444,30 @@ class _Tab:
                                          elem_id=f"{self.task}-to-outpaint")
             self.to_edit = gr.Button("Remix in Edit", size="sm", elem_id=f"{self.task}-to-edit")
         self.params = gr.JSON(label="Params", height=360, elem_id=f"{self.task}-params")
-        self.reuse.click(lambda seed: seed, self.seed_used, self.inputs["seed"], queue=False,
-                         api_visibility="private")
+        self.reuse.click(lambda seed: seed, self.seed_used, self.inputs["seed"], **UI_EVENT)
 
     def ordered_inputs(self) -> list[gr.Component]:
         return [self.inputs[name] for name in self.spec]
 
 
-def build_app(manager: EngineManager, default_model: str, models: list[str]) -> gr.Blocks:
-    """The playground: one tab per task, a shared model selector and output format."""
+def build_app(manager: EngineManager, default_model: str, models: list[str],
+              allowed_folders: tuple[Path, ...] = ()) -> gr.Blocks:
+    """The playground: one tab per task, a shared model selector and output format.
+
+    Remote callers choose among `default_model` and `models` only, and name no server file outside
+    `allowed_folders` (see `access.RemoteAccess`).
+    """
     choices = list(dict.fromkeys([default_model, *models]))
-    run_on_gpu = _gpu_runner(manager)
+    jobs = _Jobs(manager, RemoteAccess(tuple(choices), tuple(allowed_folders)))
     tabs: dict[str, _Tab] = {task: _Tab(task) for task in TASKS}
 
     with gr.Blocks(title="ACE-Step Playground", delete_cache=(OUTPUT_TTL_S, OUTPUT_TTL_S)) as demo:
         gr.Markdown("# ACE-Step Playground\nGenerate a song from tags and lyrics, regenerate part "
                     "of a track (Inpaint), extend it (Outpaint) or remix it (Edit) with ACE-Step.")
         with gr.Row():
-            model = gr.Dropdown(choices, value=default_model, label="Model",
-                                allow_custom_value=True, elem_id="model", scale=3,
-                                info="A Hub id or a checkpoint folder; it loads on the first run "
-                                     "(downloading it if needed).")
+            model = gr.Dropdown(choices, value=default_model, label="Model", elem_id="model",
+                                scale=3, info="The models this server offers; a model loads on "
+                                              "its first run (downloading it if needed).")
             fmt = gr.Radio(list(FORMATS), value="wav", label="Format",
                            info="File format of the result.", elem_id="format", scale=1)
 
@@ -380,12 +506,9 @@ def build_app(manager: EngineManager, default_model: str, models: list[str]) -> 
                         tab.song_controls(default_model)
                     with gr.Column(scale=2):
                         tab.outputs()
-                start_here.click(_playhead, source, [start, start_anchor], queue=False,
-                                 api_visibility="private")
-                end_here.click(_playhead, source, [end, end_anchor], queue=False,
-                               api_visibility="private")
-                source.change(_fit_range, [source, start, end], [start, end], queue=False,
-                              api_visibility="private")
+                start_here.click(_playhead, source, [start, start_anchor], **UI_EVENT)
+                end_here.click(_playhead, source, [end, end_anchor], **UI_EVENT)
+                source.change(_fit_range, [source, start, end], [start, end], **UI_EVENT)
 
             with gr.Tab("Outpaint", id="outpaint"):
                 tab = tabs["outpaint"]
@@ -415,16 +538,24 @@ def build_app(manager: EngineManager, default_model: str, models: list[str]) -> 
                         tab.outputs()
 
         for task, tab in tabs.items():
-            tab.run.click(_endpoint(task, run_on_gpu), [*tab.ordered_inputs(), model, fmt],
-                          [tab.result, tab.seed_used, tab.params], api_name=task,
-                          concurrency_id="gpu", concurrency_limit=1)
-            tab.stop.click(_stopper(manager), None, None, queue=False, api_visibility="private")
+            outputs = [tab.result, tab.seed_used, tab.params]
+            # concurrency_limit=None: jobs wait for the model in `EngineManager.slot`, after their
+            # checks and reads, so a bad request is refused at once and a cancel frees the slot.
+            tab.run.click(_endpoint(task, jobs, from_api=False),
+                          [*tab.ordered_inputs(), model, fmt], outputs, api_name=f"{task}_form",
+                          api_visibility="private",
+                          preprocess=False, concurrency_limit=None, show_progress_on=tab.result)
+            with gr.Column(visible=False):
+                gr.on([], _endpoint(task, jobs, from_api=True), _api_inputs(task), outputs,
+                      api_name=task, concurrency_limit=None, show_progress="hidden")
             for button, target in ((tab.to_inpaint, "inpaint"), (tab.to_outpaint, "outpaint"),
                                    (tab.to_edit, "edit")):
                 button.click(_send_to(target),
                              [tab.result, tab.inputs["tags"], tab.inputs["lyrics"]],
-                             [*_send_targets(tabs[target]), tab_group], queue=False,
-                             api_visibility="private")
+                             [*_send_targets(tabs[target]), tab_group], **UI_EVENT)
+        gr.on([tab.stop.click for tab in tabs.values()], _stopper(manager), None, None,
+              api_name="stop", **QUICK_EVENT)
+        demo.unload(_stopper(manager, quiet=True))  # a closed tab's jobs end at their next step
 
         advanced = [tab.inputs[name] for tab in tabs.values() for name in advanced_params(tab.task)]
 
@@ -433,13 +564,16 @@ def build_app(manager: EngineManager, default_model: str, models: list[str]) -> 
             return [gr.update(visible=name in shown[task])
                     for task in tabs for name in advanced_params(task)]
 
-        model.change(show_honoured, model, advanced, queue=False, api_visibility="private")
+        model.change(show_honoured, model, advanced, **UI_EVENT)
 
-    demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=1)
+    # The jobs bound themselves (QUEUE_SIZE); the gradio queue only carries the quick UI events.
+    demo.queue(max_size=4 * QUEUE_SIZE, default_concurrency_limit=None)
     return demo
 
 
 def launch_options() -> dict[str, Any]:
     """`launch()` keywords that belong to the app's look and limits rather than to where it runs."""
+    # show_error: gradio's own refusals (a file that was not uploaded, a file too large) reach the
+    # caller with their message; ours are gr.Error already.
     return dict(theme=gr.themes.Soft(), footer_links=["api", "gradio", "settings"],
-                max_file_size="200mb")
+                max_file_size="200mb", show_error=True)

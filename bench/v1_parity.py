@@ -29,7 +29,7 @@ from ace_step_ui.audio import read_audio, write_audio  # noqa: E402
 from ace_step_ui.engines import EngineManager  # noqa: E402
 from ace_step_ui.v1.pipeline import V1Pipeline  # noqa: E402
 from test_v1_parity import extends_both_sides, pipeline_call  # noqa: E402
-from v1_fixture import FIXTURE, cases, materialise, refs  # noqa: E402
+from v1_fixture import FIXTURE, cases, lyric_vocab, materialise, refs  # noqa: E402
 
 TASKS = {
     "generate": {"tags": "lofi, piano", "lyrics": "[verse]\nlate night rain", "duration": 10.0},
@@ -51,7 +51,7 @@ def main() -> None:
     parser.add_argument("--skip-cases", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    os.environ["ACE_STEP_LYRIC_VOCAB"] = str(FIXTURE / "lyric_vocab.json")
+    os.environ["ACE_STEP_LYRIC_VOCAB"] = str(lyric_vocab())
     print(f"torch {torch.__version__}, {args.threads} threads, float32 CPU")
     with tempfile.TemporaryDirectory() as scratch:
         root, wall, _ = timed(lambda: materialise(Path(scratch) / "fixture"))

@@ -9,6 +9,16 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never download; real users do
 
 
+@pytest.fixture(scope="session", autouse=True)
+def gradio_temp_dir(tmp_path_factory) -> Path:
+    """One upload and cache folder for every app the tests start: gradio reads it from the
+    environment when it checks an upload, so apps that run together must share it."""
+    folder = tmp_path_factory.mktemp("gradio")
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("GRADIO_TEMP_DIR", str(folder))
+        yield folder
+
+
 @pytest.fixture(scope="session")
 def tiny_v15(tmp_path_factory) -> Path:
     """A tiny random-weight ACE-Step 1.5 turbo checkpoint in the diffusers layout."""
@@ -34,16 +44,51 @@ def v1_fixture_root(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_v1(v1_fixture_root) -> Path:
-    """A tiny ACE-Step v1 checkpoint in the official layout (the parity fixture's weights).
+def lyric_vocab() -> Path:
+    """Upstream's lyric vocabulary, which users download from the ACE-Step Space and the repository
+    does not carry (see `v1_fixture.lyric_vocab`); a test that needs it fails without it."""
+    from v1_fixture import lyric_vocab
 
-    The lyric vocabulary is upstream's, which users download from the ACE-Step Space; tests read
-    the fixture's copy in place.
-    """
-    from v1_fixture import FIXTURE
+    return lyric_vocab()
 
-    os.environ["ACE_STEP_LYRIC_VOCAB"] = str(FIXTURE / "lyric_vocab.json")
+
+@pytest.fixture(scope="session")
+def tiny_v1_weights(v1_fixture_root) -> Path:
+    """A tiny ACE-Step v1 checkpoint in the official layout (the parity fixture's weights), for
+    tests of single modules, which need no lyric vocabulary."""
     return v1_fixture_root / "checkpoint"
+
+
+@pytest.fixture(scope="session")
+def tiny_v1(tiny_v1_weights, lyric_vocab) -> Path:
+    """The same checkpoint, ready to run: ACE_STEP_LYRIC_VOCAB names the lyric vocabulary for this
+    process and its subprocesses."""
+    os.environ["ACE_STEP_LYRIC_VOCAB"] = str(lyric_vocab)
+    return tiny_v1_weights
+
+
+@pytest.fixture
+def steps_of(monkeypatch):
+    """steps_of(manager): the (step, whether its job had been told to stop) of every diffusion step
+    `manager` runs from now on, as a list that fills as they run."""
+
+    def record(manager) -> list[tuple[int, bool]]:
+        steps: list[tuple[int, bool]] = []
+        original = manager.step_callback
+
+        def recording(report, stop):
+            inner = original(report, stop)
+
+            def on_step(step, total):
+                steps.append((step, stop.is_set()))
+                inner(step, total)
+
+            return on_step
+
+        monkeypatch.setattr(manager, "step_callback", recording)
+        return steps
+
+    return record
 
 
 @pytest.fixture
@@ -66,30 +111,30 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def serve(model: Path, tmp_path_factory):
-    """The app with `model` as the default, launched on a free loopback port."""
+def serve(model: Path, allowed_folders: tuple[Path, ...] = ()):
+    """The app with `model` as the default, launched on a free loopback port; visitors may name
+    files in `allowed_folders` (the operator's --allow-path)."""
     from ace_step_ui.engines import EngineManager, known_models
     from ace_step_ui.ui import build_app, launch_options
 
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("GRADIO_TEMP_DIR", str(tmp_path_factory.mktemp("gradio")))
-        manager = EngineManager(device="cpu")
-        demo = build_app(manager, str(model), known_models())
-        _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1",
-                                server_port=free_port(), quiet=True, **launch_options())
-        try:
-            yield SimpleNamespace(url=url, manager=manager, demo=demo, model=str(model))
-        finally:
-            demo.close()
+    manager = EngineManager(device="cpu")
+    demo = build_app(manager, str(model), known_models(), allowed_folders)
+    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1",
+                            server_port=free_port(), quiet=True, **launch_options())
+    try:
+        yield SimpleNamespace(url=url, manager=manager, demo=demo, model=str(model))
+    finally:
+        demo.close()
 
 
 @pytest.fixture(scope="module")
-def served(tiny_v15, tmp_path_factory):
+def served(tiny_v15):
     """The app on the tiny 1.5 checkpoint, for one test module."""
-    yield from serve(tiny_v15, tmp_path_factory)
+    yield from serve(tiny_v15)
 
 
 @pytest.fixture(scope="module")
-def served_v1(tiny_v1, tmp_path_factory):
-    """The app on the tiny ACE-Step v1 checkpoint, for one test module."""
-    yield from serve(tiny_v1, tmp_path_factory)
+def served_v1(tiny_v1):
+    """The app on the tiny ACE-Step v1 checkpoint, for one test module; the fixture's LoRA folder
+    beside it is an allowed path."""
+    yield from serve(tiny_v1, (tiny_v1.parent / "lora",))

@@ -1,7 +1,10 @@
+import io
 import json
 import math
 import shutil
 import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,6 +24,7 @@ LYRICS = "\n".join(
 )
 METADATA = {"tags": "pop, électro, 女声, 120 bpm", "lyrics": LYRICS, "seed": 2147483647,
             "params": {"steps": 8, "guidance": 7.5, "task": "text2music", "nested": {"a": [1, 2]}}}
+REPO = Path(__file__).resolve().parents[1]
 needs_ffmpeg = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs the ffmpeg binary")
 
 
@@ -83,6 +87,20 @@ def test_unknown_format_and_files_without_metadata(tmp_path):
     assert read_metadata(plain) == {}
     sf.write(tmp_path / "plain.flac", np.zeros((100, 2), np.float32), 44100)
     assert read_metadata(tmp_path / "plain.flac") == {}
+
+
+@pytest.mark.parametrize("fmt, encoder", [("wav", "_append_riff_info"), ("mp3", "_encode_mp3")])
+def test_a_failed_write_leaves_the_old_file_and_no_partial_one(tmp_path, monkeypatch, fmt, encoder):
+    path = write_audio(tmp_path / "song", tones(0.1), fmt, {"tags": "old"})
+    before = path.read_bytes()
+
+    def disk_full(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(audio_ops, encoder, disk_full)  # for wav, after the samples are on disk
+    with pytest.raises(OSError, match="No space"):
+        write_audio(path, tones(0.2), fmt, {"tags": "new"})
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == [path.name]
 
 
 def test_reads_ogg_opus(tmp_path):
@@ -262,6 +280,45 @@ def test_missing_empty_corrupt_silent_and_too_long_files_are_input_errors(tmp_pa
     sf.write(tmp_path / "long.wav", np.zeros(3601 * 100, np.int16), 100, subtype="PCM_16")
     with pytest.raises(InputError, match="long.wav.*longer than 60 minutes"):
         read_audio(tmp_path / "long.wav")
+
+
+def test_sixty_minutes_exactly_is_not_too_long(tmp_path):
+    sf.write(tmp_path / "hour.flac", np.zeros(3600 * 100, np.int16), 100, subtype="PCM_16")
+    assert read_audio(tmp_path / "hour.flac").duration_s == 3600
+
+
+def test_unreadable_files_print_nothing_but_our_error(tmp_path):
+    # In a new process: libmpg123 writes to fd 2 itself, past pytest's capture of sys.stderr.
+    rng = np.random.default_rng(7)
+    good = io.BytesIO()
+    sf.write(good, tones(1.0).samples.numpy().T, 44100, format="MP3")
+    damaged = bytearray(good.getvalue())
+    damaged[400::97] = rng.integers(0, 256, len(damaged[400::97]), dtype=np.uint8).tobytes()
+    wav = io.BytesIO()
+    sf.write(wav, tones(0.5).samples.numpy().T, 44100, format="WAV")
+    files = {"corrupt.mp3": rng.bytes(5000), "empty.mp3": b"", "text.mp3": b"not audio\n" * 50,
+             "truncated.wav": wav.getvalue()[:30], "damaged.mp3": bytes(damaged)}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    (tmp_path / "folder.wav").mkdir()
+    script = ("import sys\n"
+              "from ace_step_ui.audio import read_audio\n"
+              "from ace_step_ui.errors import InputError\n"
+              "for path in sys.argv[1:]:\n"
+              "    try:\n"
+              "        read_audio(path)\n"
+              "        print('read')\n"
+              "    except InputError as error:\n"
+              "        print(error)\n")
+    names = [*files, "folder.wav"]
+    done = subprocess.run([sys.executable, "-c", script, *(str(tmp_path / n) for n in names)],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stderr == ""
+    outcome = dict(zip(names, done.stdout.splitlines()))
+    assert outcome.pop("damaged.mp3") == "read"  # damaged frames decode, quietly, as noise
+    for name, message in outcome.items():
+        assert name in message and ("could not read" in message or "empty" in message
+                                    or "folder" in message), message
 
 
 def test_without_ffmpeg_unknown_containers_say_what_to_do(tmp_path, monkeypatch):

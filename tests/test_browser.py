@@ -6,7 +6,9 @@ skipping them. Screenshots of each tab land in the test's tmp_path.
 
 from __future__ import annotations
 
+import json
 import re
+import time
 
 import pytest
 import soundfile
@@ -42,9 +44,15 @@ def browser():
 @pytest.fixture
 def page(browser, app_url) -> Page:
     page = browser.new_page(viewport={"width": 1280, "height": 900})
-    page.goto(app_url, wait_until="networkidle")
+    open_app(page, app_url)
     yield page
     page.close()
+
+
+def open_app(page: Page, url: str) -> None:
+    """Load the app and wait until it is drawn (the session's heartbeat keeps the network busy)."""
+    page.goto(url)
+    expect(page.locator("#generate-run")).to_be_visible(timeout=30_000)
 
 
 def fill_text(page: Page, elem_id: str, text: str) -> None:
@@ -170,3 +178,96 @@ def test_advanced_follows_the_selected_model(page):
     page.get_by_role("option", name="ACE-Step/acestep-v15-xl-base-diffusers").click()
     expect(page.locator("#generate-guidance_scale")).to_be_visible()
     expect(page.locator("#generate-scheduler")).to_be_hidden()  # no engine applies it yet
+
+
+def toasts(page: Page):
+    return page.locator(".toast-body")
+
+
+def test_every_event_shows_its_error_once(page, sine_wav):
+    page.locator("#generate-to-inpaint").click()  # nothing to send yet
+    expect(toasts(page)).to_contain_text("there is no result yet to send")
+    page.get_by_role("tab", name="Inpaint").click()
+    page.locator("#inpaint-start-playhead").click()  # no source yet
+    expect(toasts(page)).to_contain_text("upload the source audio first")
+    expect(page.locator("#inpaint-start_time input[type=number]")).to_have_value("0")
+
+    upload_source(page, "inpaint", sine_wav)
+    fill_number(page, "inpaint-start_time", 3.5)
+    fill_text(page, "inpaint-tags", "lofi")
+    page.locator("#inpaint-run").click()  # the range is checked against the source on the server
+    expect(toasts(page)).to_contain_text("the edited range must be at least 1 s long")
+    # One message (the toast) and one status, on the result only.
+    for output in ("inpaint-seed-used", "inpaint-params"):
+        expect(page.locator(f"#{output}")).not_to_contain_text("Error")
+    expect(page.locator("#inpaint-result")).to_contain_text("Error")
+    expect(page.locator("#inpaint-tags textarea")).to_have_value("lofi")
+
+
+def test_stop_keeps_the_last_result_and_says_so(page, served):
+    fill_text(page, "generate-tags", "lofi")
+    fill_number(page, "generate-duration", 1)
+    fast_steps(page, "generate")
+    seed = run_and_check_result(page, "generate")
+    first = page.locator("#generate-result a[download]").get_attribute("href")
+    fill_number(page, "generate-number_of_steps", 200)
+    fill_number(page, "generate-duration", 2)
+    page.locator("#generate-run").click()
+    expect(page.locator("#generate-result")).to_contain_text("/200", timeout=RESULT_TIMEOUT_MS)
+    page.locator("#generate-stop").click()
+    expect(toasts(page)).to_contain_text(re.compile(r"Stopped by the user after step \d+ of 200; "
+                                                    r"the last result is kept"))
+    expect(page.locator("#generate-result a[download]")).to_have_attribute("href", first)
+    expect(page.locator("#generate-seed-used input")).to_have_value(str(seed))
+    assert not served.manager.slot.busy
+
+
+def test_closing_the_tab_stops_its_job(browser, served, steps_of):
+    steps = steps_of(served.manager)
+    page = browser.new_page()
+    open_app(page, served.url)
+    fill_text(page, "generate-tags", "lofi")
+    fast_steps(page, "generate")
+    fill_number(page, "generate-number_of_steps", 200)
+    page.locator("#generate-run").click()
+    expect(page.locator("#generate-result")).to_contain_text("/200", timeout=RESULT_TIMEOUT_MS)
+    page.close()
+    deadline = time.monotonic() + 20
+    while served.manager.slot.busy and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not served.manager.slot.busy, "the closed tab's job kept the model"
+    assert [stopping for _, stopping in steps].count(True) == 1 and len(steps) < 200
+
+
+def test_the_same_request_gives_the_same_audio_on_every_surface(page, served, tmp_path, capsys):
+    """The CLI, the Gradio API and the page, with the same values: the same samples."""
+    from gradio_client import Client
+
+    from ace_step_ui import cli
+    from ace_step_ui.audio import read_metadata
+
+    values = {"tags": "lofi, rhodes", "lyrics": "[inst]", "duration": 2, "seed": 5,
+              "number_of_steps": 2}
+    assert cli.main(["run", "generate", "--input", json.dumps(values), "--output-dir",
+                     str(tmp_path), "--model", served.model, "--format", "wav"]) == 0
+    from_cli = capsys.readouterr().out.strip()
+    from_api, _, _ = Client(served.url, verbose=False).predict(api_name="/generate", **values)
+    fill_text(page, "generate-tags", values["tags"])
+    fill_text(page, "generate-lyrics", values["lyrics"])
+    fill_number(page, "generate-duration", values["duration"])
+    fill_number(page, "generate-seed", values["seed"])
+    fast_steps(page, "generate")
+    for name in ("duration", "seed", "number_of_steps"):
+        expect(page.locator(f"#generate-{name} input[type=number]")).to_have_value(
+            str(values[name]))
+    assert run_and_check_result(page, "generate") == values["seed"]
+    link = page.locator("#generate-result a[download]").get_attribute("href")
+    from_page = tmp_path / "page.wav"
+    from_page.write_bytes(page.request.get(link).body())
+    for path in (from_cli, from_api, from_page):  # each ran with exactly these values
+        assert read_metadata(path)["params"]["request"] == values
+    reference, rate = soundfile.read(from_cli, dtype="float32")
+    for other in (from_api, from_page):
+        samples, other_rate = soundfile.read(str(other), dtype="float32")
+        assert other_rate == rate and samples.shape == reference.shape
+        assert samples.tobytes() == reference.tobytes()

@@ -18,7 +18,8 @@ from playwright.sync_api import Page, expect
 from ace_step_ui.engines import family_for
 from ace_step_ui.requests import TASKS, schema
 from ace_step_ui.v1.engine import TASK_PARAMS
-from test_browser import browser, fill_number, fill_text, upload_source  # noqa: F401 (a fixture)
+from test_browser import (browser, fill_number, fill_text, open_app,  # noqa: F401 (a fixture)
+                          upload_source)
 
 pytestmark = pytest.mark.browser
 
@@ -70,7 +71,7 @@ def page(browser, served_v1) -> Page:  # noqa: F811 (browser is the fixture impo
     context = browser.new_context(viewport={"width": 1280, "height": 900},
                                   permissions=["clipboard-read", "clipboard-write"])
     page = context.new_page()
-    page.goto(served_v1.url, wait_until="networkidle")
+    open_app(page, served_v1.url)
     yield page
     context.close()
 

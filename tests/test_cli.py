@@ -1,4 +1,5 @@
-"""The CLI end to end, as a user runs it: a subprocess, files on disk, exit codes."""
+"""The CLI end to end, as a user runs it: a subprocess, files on disk, exit codes; in-process
+where the point is what lands on disk."""
 
 import json
 import os
@@ -9,7 +10,10 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 
+from ace_step_ui import audio as audio_ops
+from ace_step_ui import cli as cli_module
 from ace_step_ui.audio import read_audio, read_metadata
+from ace_step_ui.engines import EngineManager
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -113,3 +117,90 @@ def test_tiny_writes_a_loadable_checkpoint(tmp_path):
     index = json.loads((folder / "model_index.json").read_text())
     assert index["_class_name"] == "AceStepPipeline"
     assert json.loads((folder / "transformer" / "config.json").read_text())["is_turbo"] is False
+
+
+@pytest.fixture(scope="module")
+def engines():
+    return {}
+
+
+@pytest.fixture
+def one_load_per_model(engines, monkeypatch):
+    """In-process runs share an EngineManager, so each model loads once per module."""
+    monkeypatch.setattr(cli_module, "EngineManager",
+                        lambda device, dtype: engines.setdefault((device, dtype),
+                                                                 EngineManager(device, dtype)))
+
+
+def run_in_process(capsys, *args) -> tuple[int, list[str], list[str]]:
+    code = cli_module.main([str(arg) for arg in args])
+    captured = capsys.readouterr()
+    return code, captured.out.splitlines(), captured.err.strip().splitlines()
+
+
+def generate_args(model, out, **request):
+    request = {"tags": "lofi", "duration": 1, "seed": 5, "number_of_steps": 1, **request}
+    return ["run", "generate", "--input", json.dumps(request), "--output-dir", out, "--model",
+            model, "--device", "cpu"]
+
+
+def test_a_rerun_keeps_the_first_result_and_overwrite_replaces_it(tiny_v15, tmp_path, capsys,
+                                                                  one_load_per_model):
+    out = tmp_path / "out"
+    code, (first,), _ = run_in_process(capsys, *generate_args(tiny_v15, out))
+    first = Path(first)
+    kept, inode = first.read_bytes(), first.stat().st_ino
+    code, (second,), _ = run_in_process(capsys, *generate_args(tiny_v15, out))
+    assert code == 0 and Path(second) == out / "generate-lofi-5-2.wav"
+    assert (first.read_bytes(), first.stat().st_ino) == (kept, inode)  # not even rewritten
+    assert json.loads((out / "generate-lofi-5-2.json").read_text())["audio_path"] == second
+    # The sidecar's name is shared by every format, so a FLAC of the same request moves on too.
+    code, (third,), _ = run_in_process(capsys, *generate_args(tiny_v15, out), "--format", "flac")
+    assert Path(third) == out / "generate-lofi-5-3.flac"
+
+    code, (replaced,), _ = run_in_process(capsys, *generate_args(tiny_v15, out, number_of_steps=2),
+                                          "--overwrite")
+    assert code == 0 and Path(replaced) == first and first.read_bytes() != kept
+    assert json.loads(first.with_suffix(".json").read_text())["request"]["number_of_steps"] == 2
+    assert len(list(out.iterdir())) == 6
+
+
+def test_latents_take_the_same_new_name_as_their_audio(tiny_v1, tmp_path, capsys,
+                                                      one_load_per_model):
+    args = [*generate_args(tiny_v1, tmp_path), "--save-latents"]
+    stem = tmp_path / "generate-lofi-5"
+    assert run_in_process(capsys, *args)[:2] == (0, [f"{stem}.wav", f"{stem}.latents.safetensors"])
+    code, printed, _ = run_in_process(capsys, *args)
+    assert printed == [f"{stem}-2.wav", f"{stem}-2.latents.safetensors"]
+    assert json.loads(Path(f"{stem}-2.json").read_text())["latents_path"] == printed[1]
+    # Replacing it without latents removes its old latents, which would pass as the new ones'.
+    assert run_in_process(capsys, *generate_args(tiny_v1, tmp_path), "--overwrite")[0] == 0
+    assert not Path(f"{stem}.latents.safetensors").exists()
+
+
+def disk_full(*args, **kwargs):
+    raise OSError(28, "No space left on device")
+
+
+def interrupted(*args, **kwargs):
+    raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("fmt, target, failure, code, message", [
+    ("wav", (audio_ops, "_append_riff_info"), disk_full, 73,  # the samples are already on disk
+     "error: could not write the result in {out}: No space left on device"),
+    ("flac", (sf.SoundFile, "write"), disk_full, 73,  # the FLAC header is already on disk
+     "error: could not write the result in {out}: No space left on device"),
+    ("mp3", (audio_ops, "_encode_mp3"), interrupted, 130, "stopped"),
+], ids=["wav-disk-full", "flac-disk-full", "mp3-ctrl-c"])
+def test_a_failure_while_writing_leaves_the_earlier_result_and_no_partial_file(
+        tiny_v15, tmp_path, capsys, monkeypatch, one_load_per_model, fmt, target, failure, code,
+        message):
+    out = tmp_path / "out"
+    assert run_in_process(capsys, *generate_args(tiny_v15, out), "--format", fmt)[0] == 0
+    before = {path.name: path.read_bytes() for path in out.iterdir()}
+    monkeypatch.setattr(*target, failure)
+    done, printed, errors = run_in_process(capsys, *generate_args(tiny_v15, out, number_of_steps=2),
+                                           "--format", fmt, "--overwrite")
+    assert (done, printed, errors[-1]) == (code, [], message.format(out=out))
+    assert {path.name: path.read_bytes() for path in out.iterdir()} == before

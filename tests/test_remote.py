@@ -17,7 +17,7 @@ import torch
 from ace_step_ui import remote
 from ace_step_ui.audio import read_audio
 from ace_step_ui.errors import InputError
-from ace_step_ui.remote import resolve_audio_source
+from ace_step_ui.remote import fetched_source, resolve_audio_source
 
 CAP_BYTES = 10_000
 
@@ -320,3 +320,27 @@ def test_local_paths(tmp_path):
     assert resolve_audio_source(str(song), tmp_path / "unused") == song
     with pytest.raises(InputError, match="missing.wav.*not found"):
         resolve_audio_source(str(tmp_path / "missing.wav"), tmp_path)
+    with pytest.raises(InputError, match="is a folder, not an audio file"):
+        resolve_audio_source(str(tmp_path), tmp_path)
+
+
+def test_a_fetched_source_is_deleted_when_the_block_ends(base_url, loopback_allowed, connections,
+                                                         tmp_path):
+    folder = tmp_path / "downloads"
+    with fetched_source(f"{base_url}/tone.wav", folder) as path:
+        assert path.parent == folder and path.read_bytes() == WAV
+    assert not path.exists()
+    uri = "data:audio/wav;base64," + base64.b64encode(WAV).decode()
+    with pytest.raises(InputError, match="the job failed"):
+        with fetched_source(uri, folder) as path:
+            assert read_audio(path).frames == 4410
+            raise InputError("the job failed")
+    assert not list(folder.iterdir())
+
+
+def test_a_file_the_user_named_is_kept(tmp_path):
+    song = tmp_path / "song.wav"
+    song.write_bytes(WAV)
+    with fetched_source(f" {song} ", tmp_path / "unused") as path:
+        assert path == song
+    assert song.read_bytes() == WAV and not (tmp_path / "unused").exists()

@@ -1,13 +1,15 @@
 import math
+import operator
+import re
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ace_step_ui.errors import InputError
-from ace_step_ui.requests import (SEED_MAX, TASKS, EditRequest, InpaintRequest,
-                                  derive_retake_seed, is_default, parse_request, resolve_range,
-                                  resolve_seed, schema)
+from ace_step_ui.requests import (ALIASES, MAX_TEXT_CHARS, SEED_MAX, TASKS, EditRequest,
+                                  InpaintRequest, derive_retake_seed, is_default, parse_request,
+                                  resolve_range, resolve_seed, schema)
 
 REQUIRED = {"generate": {"tags": "lofi"}, "inpaint": {"tags": "lofi", "audio": "song.wav"},
             "outpaint": {"tags": "lofi", "audio": "song.wav"},
@@ -61,23 +63,55 @@ def test_valid_requests_pass_and_keep_their_values(task, data):
     assert request.explicit == frozenset(payload)
 
 
-anything = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
-                        lambda inner: st.lists(inner, max_size=3)
-                        | st.dictionaries(st.text(max_size=5), inner, max_size=3), max_leaves=6)
+def nested(depth: int) -> list:
+    value: list = [1]
+    for _ in range(depth):
+        value = [value]
+    return value
 
 
-@pytest.mark.parametrize("task", TASKS)
-@settings(max_examples=150, deadline=None)
-@given(data=st.data())
-def test_arbitrary_input_is_accepted_or_rejected_with_a_message(task, data):
-    names = sorted(schema(task)) + ["audio_url", "bogus"]
-    payload = data.draw(st.dictionaries(st.sampled_from(names), anything, max_size=6))
-    if data.draw(st.booleans()):
+# Huge ints and long texts are built, not listed: Hypothesis prints its strategies' elements, and
+# Python refuses to print an int of more than 4,300 digits.
+huge_ints = st.builds(lambda sign, base, power: sign * base ** power, st.sampled_from([1, -1]),
+                      st.sampled_from([2, 10]), st.sampled_from([31, 63, 1024, 2000, 4300, 5000]))
+numbers = st.integers() | huge_ints | st.floats() | st.sampled_from([-0.0, 1e308, 5e-324, 1.5])
+texts = (st.text()
+         | st.sampled_from(["12", " 1e999 ", "nan", "-inf", "1_000", "0x10", "١٢", "true",
+                            "16, 29, 52", "data:audio/wav;base64,AAAA"])
+         | st.builds(operator.mul, st.sampled_from(["9", "x", "é", "🎵", "1, ", "a b "]),
+                     st.sampled_from([2_000, 4_001, 4_301, 100_000])))
+leaves = st.none() | st.booleans() | numbers | texts
+hostile_values = (leaves | st.lists(numbers | texts, max_size=5) | st.integers(1, 1000).map(nested)
+                  | st.recursive(leaves, lambda inner: st.lists(inner, max_size=3)
+                                 | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+                                 max_leaves=6))
+hostile_keys = (st.text(max_size=30) | st.sampled_from([1, None, 1.5, (1, 2), True]) | huge_ints
+                | st.builds(operator.mul, st.just("k"), st.just(100_000)))
+NAMES = sorted({name for task in TASKS for name in schema(task)} | set(ALIASES))
+
+
+@st.composite
+def hostile_requests(draw):
+    task = draw(st.sampled_from(TASKS))
+    payload = draw(st.dictionaries(st.sampled_from(NAMES), hostile_values, max_size=6))
+    if draw(st.booleans()):
         payload = {**REQUIRED[task], **payload}
+    if draw(st.integers(0, 3)) == 0:
+        payload[draw(hostile_keys)] = draw(hostile_values)
+    return task, payload
+
+
+@settings(max_examples=2000, deadline=None, derandomize=True)
+@given(hostile_requests())
+def test_any_input_is_a_request_or_an_input_error_with_a_short_message(case):
+    task, payload = case
     try:
-        parse_request(task, payload)
+        request = parse_request(task, payload)
     except InputError as error:
-        assert str(error).strip()
+        assert str(error).strip() and len(str(error)) < 1000
+    else:
+        accepted = [request.tags, request.lyrics, getattr(request, "original_lyrics", "")]
+        assert all(len(text) <= MAX_TEXT_CHARS for text in accepted)
 
 
 @pytest.mark.parametrize("payload, message", [
@@ -96,6 +130,51 @@ def test_arbitrary_input_is_accepted_or_rejected_with_a_message(task, data):
 def test_generate_rejections_say_what_to_change(payload, message):
     with pytest.raises(InputError, match=message.replace("(", r"\(").replace(".", r"\.")):
         parse_request("generate", payload)
+
+
+@pytest.mark.parametrize("raw", [12, 12.0, "12", " 12 ", "1.2e1"])
+def test_whole_numbers_come_as_numbers_or_text(raw):
+    assert parse_request("generate", {"tags": "x", "seed": raw}).seed == 12
+
+
+@pytest.mark.parametrize("payload, message", [
+    ({"seed": 2 ** 1024}, "'seed' must be between -1 and 2147483647, not a number beyond ±1e308"),
+    ({"seed": -10 ** 5000}, "'seed' must be between -1 and 2147483647, not a number beyond ±1e308"),
+    ({"seed": 1e308}, "'seed' must be between -1 and 2147483647, not 1e+308"),
+    ({"duration": 10 ** 20}, "'duration' must be between 1 and 240, not 1e+20"),
+    ({"use_erg_tag": 10 ** 5000}, "'use_erg_tag' must be true or false, not a number beyond ±1e308"),
+    ({"use_erg_tag": [[[]]]}, "'use_erg_tag' must be true or false, not a list"),
+    ({"oss_steps": [2 ** 2000]}, "'oss_steps' entries must be between 1 and 1000, not a number beyond"),
+    ({"oss_steps": "1, " * 700}, "'oss_steps' is 2,100 characters long; at most 2,000 are allowed"),
+    ({"scheduler": "x" * 5000}, "'scheduler' must be one of euler, heun, pingpong, not 'xxxxxxxxxx"
+                                "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxx'… (5,000 characters)"),
+    ({"n" * 10_000: 5}, "unknown parameter 'nnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnn'… (10,000 "
+                        "characters) for generate; known: tags"),
+    ({2 ** 2000: 1}, "parameter names must be text, not a number beyond ±1e308"),
+])
+def test_huge_values_get_a_short_message(payload, message):
+    with pytest.raises(InputError, match=re.escape(message)):
+        parse_request("generate", {"tags": "x", **payload})
+
+
+@pytest.mark.parametrize("task, name", [("generate", "tags"), ("generate", "lyrics"),
+                                        ("edit", "original_tags"), ("edit", "original_lyrics")])
+def test_texts_are_at_most_4000_characters(task, name):
+    longest = parse_request(task, {**REQUIRED[task], name: "é" * 4000})
+    assert getattr(longest, name) == "é" * 4000
+    with pytest.raises(InputError, match=f"'{name}' is 4,001 characters long; at most 4,000 are "
+                                         f"allowed: shorten it"):
+        parse_request(task, {**REQUIRED[task], name: "é" * 4001})
+
+
+def test_paths_urls_and_hub_ids_are_bounded_but_data_uris_are_left_to_the_download():
+    url = "https://example.com/" + "a" * 2100 + ".wav"
+    for task, name in [("inpaint", "audio"), ("generate", "reference_audio"), ("generate", "lora")]:
+        with pytest.raises(InputError, match=f"'{name}' is 2,124 characters long; at most 2,048"):
+            parse_request(task, {**REQUIRED[task], name: url})
+    data_uri = "data:audio/wav;base64," + "A" * 100_000
+    assert parse_request("inpaint", {"tags": "x", "audio_url": data_uri}).audio == data_uri
+    assert parse_request("generate", {"tags": "x", "reference_audio": data_uri}).reference_audio
 
 
 def test_hosted_defaults():

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import json
+import re
+import subprocess
+import sys
 import time
+from contextlib import contextmanager
+from pathlib import Path
 
+import httpx
 import pytest
 import soundfile
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
-from ace_step_ui.requests import TASKS, schema
+from ace_step_ui.requests import ALIASES, TASKS, schema
 from ace_step_ui.ui import QUEUE_SIZE, visible_advanced
 
 FAST = dict(number_of_steps=2)
@@ -26,11 +33,15 @@ def read(path: str) -> soundfile._SoundFileInfo:
 
 def test_named_endpoints_take_the_hosted_parameter_names(client):
     endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
-    assert set(endpoints) == {"/generate", "/inpaint", "/outpaint", "/edit"}
+    assert set(endpoints) == {"/generate", "/inpaint", "/outpaint", "/edit", "/stop"}
     for task in TASKS:
         info = endpoints[f"/{task}"]
         names = [p["parameter_name"] for p in info["parameters"]]
-        assert names == [*schema(task), "model", "format"]
+        aliases = [alias for alias, name in ALIASES.items() if name in schema(task)]
+        assert names == [*schema(task), *aliases, "model", "format"]
+        # Every parameter may be left out, and then it is unset (the model's preset applies).
+        assert all(p["parameter_has_default"] and p["parameter_default"] is None
+                   for p in info["parameters"])
         assert [r["label"] for r in info["returns"]] == ["Result", "Seed used", "Params"]
 
 
@@ -43,7 +54,6 @@ def test_edit_endpoint_takes_the_hosted_audio_to_audio_names(client):
               "minimum_guidance_scale", "tag_guidance_scale", "lyric_guidance_scale",
               "original_seed"}
     assert hosted <= set(parameters)
-    assert parameters["edit_mode"]["parameter_default"] == "remix"
     assert parameters["original_tags"]["parameter_has_default"]  # required: checked on the server
 
 
@@ -56,14 +66,27 @@ def test_edit_on_a_1_5_model_says_which_model_to_choose(client, sine_wav):
         client.predict(audio=handle_file(str(sine_wav)), tags="jazz", api_name="/edit")
 
 
-def test_v1_switches_and_schedules_at_their_defaults_are_not_sent(client):
+def test_values_sent_at_the_hosted_defaults_are_honoured(client):
+    """The API runs what the caller sends, as the CLI does; only the UI leaves its defaults out."""
+    _, _, params = client.predict(tags="lofi", duration=2, number_of_steps=27, seed=1,
+                                  api_name="/generate")
+    assert params["engine"]["num_inference_steps"] == 27  # not the turbo preset of 8
+    assert params["request"] == {"tags": "lofi", "duration": 2, "number_of_steps": 27, "seed": 1}
     _, _, params = client.predict(tags="lofi", duration=2, use_erg_tag=True, oss_steps="  ",
                                   lora="", variance=0.0, api_name="/generate", **FAST)
-    assert params["ignored_params"] == []
-    _, _, params = client.predict(tags="lofi", duration=2, use_erg_tag=False, oss_steps="4, 8",
-                                  variance=0.5, api_name="/generate", **FAST)
-    assert params["ignored_params"] == ["oss_steps", "use_erg_tag", "variance"]
-    assert params["request"]["oss_steps"] == [4, 8]
+    assert params["ignored_params"] == ["lora", "oss_steps", "use_erg_tag", "variance"]
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"tags": 123}, "'tags' must be text, not int"),
+    ({"tags": "x", "seed": 1.5}, "'seed' must be a whole number, not 1.5"),
+    ({"tags": "x", "duration": "abc"}, "'duration' must be a number, not 'abc'"),
+    ({"tags": "x", "number_of_steps": [27]}, "'number_of_steps' must be a number, not list"),
+    ({"tags": "x", "format": "ogg"}, "format must be one of wav, flac, mp3, not 'ogg'"),
+])
+def test_the_api_refuses_what_the_cli_refuses(client, values, message):
+    with pytest.raises(AppError, match=re.escape(message)):
+        client.predict(api_name="/generate", **values)
 
 
 @pytest.mark.parametrize("fmt,magic", [("wav", b"RIFF"), ("flac", b"fLaC"), ("mp3", b"ID3")])
@@ -131,11 +154,60 @@ def test_missing_source_and_tags_are_clear_errors(client):
         client.predict(tags="  ", duration=2, api_name="/generate")
 
 
-def test_the_three_tasks_share_one_gpu_slot(served):
-    events = [fn for fn in served.demo.fns.values() if fn.api_name in TASKS]
-    assert sorted(fn.api_name for fn in events) == sorted(TASKS)
-    assert {(fn.concurrency_id, fn.concurrency_limit) for fn in events} == {("gpu", 1)}
-    assert served.demo._queue.max_size == QUEUE_SIZE
+def wait_for_progress(job, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while not job.status().progress_data and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert job.status().progress_data, "the job never reported a step"
+
+
+def wait_until_free(manager, seconds: float = 30) -> float:
+    """Seconds until no job holds or waits for the model's slot."""
+    started = time.monotonic()
+    while (manager.slot.busy or manager.slot.waiting()) and time.monotonic() - started < seconds:
+        time.sleep(0.01)
+    assert not manager.slot.busy and not manager.slot.waiting()
+    return time.monotonic() - started
+
+
+def test_a_bad_request_is_refused_at_once_while_a_job_holds_the_model(served, client):
+    job = client.submit(tags="lofi", duration=2, number_of_steps=200, api_name="/generate")
+    wait_for_progress(job)
+    started = time.monotonic()
+    with pytest.raises(AppError, match="'tags' is required for generate"):
+        client.predict(tags="  ", duration=2, api_name="/generate")
+    with pytest.raises(AppError, match="audio file .* not found|names a file on the server"):
+        client.predict(audio="/no/such.wav", tags="x", api_name="/outpaint")
+    refused_in = time.monotonic() - started
+    assert served.manager.slot.busy  # the long job still runs: nothing waited behind it
+    assert client.predict(api_name="/stop") == ()
+    with pytest.raises(AppError, match="stopped by the user"):
+        job.result(timeout=60)
+    assert refused_in < 5, refused_in
+
+
+def test_a_cancelled_job_frees_the_model_at_its_next_step(served, client, steps_of):
+    steps = steps_of(served.manager)
+    job = client.submit(tags="lofi", duration=2, number_of_steps=200, api_name="/generate")
+    wait_for_progress(job)
+    assert job.cancel()
+    wait_until_free(served.manager)
+    after_cancel = [step for step, stopping in steps if stopping]
+    assert len(after_cancel) <= 1 and steps[-1][0] < 200, steps[-3:]
+    path, _, _ = client.predict(tags="lofi", duration=1, api_name="/generate", **FAST)
+    assert soundfile.info(path).frames == 48000  # and the next job runs
+
+
+def test_stop_reaches_only_the_callers_own_jobs(served, client):
+    other = Client(served.url, verbose=False)
+    job = client.submit(tags="lofi", duration=2, number_of_steps=200, api_name="/generate")
+    wait_for_progress(job)
+    other.predict(api_name="/stop")  # another client's Stop: nothing of its own runs
+    assert served.manager.slot.busy and not job.done()
+    client.predict(api_name="/stop")
+    with pytest.raises(AppError, match="stopped by the user"):
+        job.result(timeout=60)
+    wait_until_free(served.manager)
 
 
 def test_advanced_shows_what_the_model_honours(tiny_v15, tiny_v15_base):
@@ -166,5 +238,203 @@ def test_stop_ends_the_running_job(served, client):
 
 def test_unavailable_model_message_reaches_the_client(client):
     with pytest.raises(AppError, match="not in the Hugging Face cache"):
-        client.predict(tags="lofi", duration=2, model="nobody/acestep-nonexistent",
+        client.predict(tags="lofi", duration=2, model="ACE-Step/acestep-v15-xl-base-diffusers",
                        api_name="/generate")
+
+
+@pytest.mark.parametrize("model", ["nobody/acestep-nonexistent", "/etc", "/nonexistent", "/etc/passwd",
+                                   ".", "~", 42])
+def test_a_model_the_operator_did_not_list_is_refused_with_the_list(served, client, model):
+    resident = served.manager._engine
+    with pytest.raises(AppError) as refused:
+        client.predict(tags="lofi", duration=2, model=model, api_name="/generate")
+    # One message for every unlisted name, so it tells nothing about the server's files.
+    assert str(refused.value).endswith(f"is not served here; choose one of: {served.model}, "
+                                       f"ACE-Step/ACE-Step-v1-3.5B, "
+                                       f"ACE-Step/acestep-v15-xl-turbo-diffusers, "
+                                       f"ACE-Step/acestep-v15-xl-base-diffusers")
+    assert served.manager._engine is resident  # nothing was loaded or unloaded
+
+
+@pytest.fixture
+def server_file(tmp_path, sine_wav):
+    """A readable audio file on the server, outside the upload folder: if the app opened it, the
+    call would succeed."""
+    return str(sine_wav)
+
+
+@pytest.mark.parametrize("task, values", [
+    ("outpaint", {"audio": "{file}"}),
+    ("outpaint", {"audio_url": "{file}"}),
+    ("outpaint", {"audio": {"path": "{file}"}}),
+    ("outpaint", {"audio": {"path": "{file}", "url": None, "orig_name": "a.wav"}}),
+    ("inpaint", {"audio": "{folder}/../{name}", "start_time": 0, "end_time": 2}),
+    ("generate", {"reference_audio": "{file}"}),
+    ("outpaint", {"audio_url": "file://{file}"}),
+    ("generate", {"lora": "/etc/passwd"}),
+    ("generate", {"lora": "{folder}"}),
+    ("generate", {"lora": "../../etc"}),
+    ("generate", {"lora": "~/.cache"}),
+])
+def test_a_remote_caller_cannot_name_a_server_file(client, server_file, task, values):
+    path = Path(server_file)
+    filled = json.loads(json.dumps(values).replace("{file}", str(path))
+                        .replace("{folder}", str(path.parent)).replace("{name}", path.name))
+    with pytest.raises(AppError, match="names a (file|path) on the server|was not uploaded|"
+                                       "unsupported URL scheme 'file'"):
+        client.predict(tags="lofi", api_name=f"/{task}", **filled, **FAST)
+
+
+def raw_call(url: str, fn_index: int, data: list) -> dict:
+    """One event through gradio's queue over plain HTTP, as a hand-made client would send it
+    (gradio_client would upload a local file first): the final message."""
+    session = "raw-" + str(time.monotonic_ns())
+    joined = httpx.post(f"{url}gradio_api/queue/join", json={
+        "data": data, "fn_index": fn_index, "session_hash": session, "event_data": None,
+        "trigger_id": None})
+    assert joined.status_code == 200, joined.text
+    with httpx.stream("GET", f"{url}gradio_api/queue/data", params={"session_hash": session},
+                      timeout=60) as stream:
+        for line in stream.iter_lines():
+            if line.startswith("data:"):
+                message = json.loads(line[5:])
+                if message.get("msg") in ("process_completed", "unexpected_error"):
+                    return message
+    raise AssertionError("no result")
+
+
+@pytest.mark.parametrize("event", ["outpaint", "outpaint_form"])
+def test_a_file_object_naming_a_server_file_is_refused(served, server_file, event):
+    """Gradio's file object with a path outside its upload folder, sent to the API endpoint and
+    to the UI's own (private) event."""
+    fn_index, fn = next((i, fn) for i, fn in served.demo.fns.items() if fn.api_name == event)
+    names = [block.label for block in fn.inputs]
+    values = {"tags": "lofi", "number_of_steps": 2, "extend_after_duration": 1,
+              "audio": {"path": server_file, "meta": {"_type": "gradio.FileData"}}}
+    data = [values.get(name) for name in names]
+    if event.endswith("_form"):  # the form's components are labelled, not named
+        form = {"Source audio": values["audio"], "Tags": "lofi", "Format": "wav",
+                "Model": served.model, "Extend after (s)": 1, "Number of steps": 2}
+        data = [form.get(name, block.value) for name, block in zip(names, fn.inputs)]
+    message = raw_call(served.url, fn_index, data)
+    assert message["success"] is False
+    # Gradio's own upload check refuses it first; its message reaches the caller.
+    assert "was not uploaded by a user" in message["output"]["error"]
+    assert server_file not in json.dumps(message.get("output", {}).get("data", []))
+
+
+def test_uploads_of_an_api_call_are_deleted_and_results_stored_once(served, client, sine_wav):
+    uploads = Path(served.demo.GRADIO_CACHE)
+    before = {p for p in uploads.rglob("*") if p.is_file()}
+    path, _, params = client.predict(audio=handle_file(str(sine_wav)), tags="lofi",
+                                     extend_after_duration=1, api_name="/outpaint", **FAST)
+    new = {p for p in uploads.rglob("*") if p.is_file()} - before
+    # Only the result (audio and its sidecar) remains on the server: the upload is gone, and
+    # gradio serves the result from where it was written, without a copy.
+    assert sorted(p.suffix for p in new) == [".json", ".wav"], new
+    assert all(p.parent.parent.name == "results" for p in new)
+    assert soundfile.read(path)[0].shape == soundfile.read(
+        str(next(p for p in new if p.suffix == ".wav")))[0].shape
+
+
+def test_the_hosted_default_end_time_is_fitted_to_a_short_source(client, sine_wav):
+    _, _, params = client.predict(audio=handle_file(str(sine_wav)), tags="lofi", start_time=1,
+                                  api_name="/inpaint", **FAST)
+    assert params["range_s"] == [1.0, 4.0] and params["fitted"] == {"end_time": 4.0}
+    with pytest.raises(AppError, match="end_time resolves to 30.0 s, past the end of the 4.0 s"):
+        client.predict(audio=handle_file(str(sine_wav)), tags="lofi", start_time=1, end_time=30,
+                       api_name="/inpaint", **FAST)
+
+
+def test_huge_lyrics_are_refused_at_once_and_the_server_stays_up(client):
+    started = time.monotonic()
+    with pytest.raises(AppError, match="'lyrics' is 1,200,000 characters long; at most 4,000"):
+        client.predict(tags="lofi", lyrics="la " * 400_000, duration=2, api_name="/generate")
+    assert time.monotonic() - started < 10
+    path, _, _ = client.predict(tags="lofi", duration=1, api_name="/generate", **FAST)
+    assert soundfile.info(path).frames == 48000
+
+
+ABANDONED_CLIENT = """
+import sys, time
+from gradio_client import Client
+client = Client(sys.argv[1], verbose=False)
+job = client.submit(tags="lofi", duration=2, number_of_steps=200, api_name="/generate")
+while not job.status().progress_data:
+    time.sleep(0.05)
+print("running", flush=True)
+time.sleep(600)
+"""
+
+
+def record_slot(slot, monkeypatch) -> dict[int, tuple[float, float]]:
+    """number -> (time it began waiting for the model, time it got it), for every job from now."""
+    times: dict[int, tuple[float, float]] = {}
+    hold = slot.hold
+
+    @contextmanager
+    def recording(stop, on_wait=None, number=None):
+        waiting = time.monotonic()
+        with hold(stop, on_wait, number):
+            times[number] = (waiting, time.monotonic())
+            yield
+
+    monkeypatch.setattr(slot, "hold", recording)
+    return times
+
+
+def test_fifty_jobs_at_once_each_get_a_result_or_queue_full_in_order(served, sine_wav,
+                                                                     monkeypatch, steps_of):
+    """50 jobs submitted together (mixed tasks) behind an abandoned slow one: each ends with a
+    correct result or a clear "queue full", none is lost, and they get the model in the order
+    sent (a job still reading its source lets the ready ones behind it go first)."""
+    slot_times = record_slot(served.manager.slot, monkeypatch)
+    steps = steps_of(served.manager)
+    abandoned = subprocess.Popen([sys.executable, "-c", ABANDONED_CLIENT, served.url],
+                                 stdout=subprocess.PIPE, text=True)
+    assert abandoned.stdout.readline().strip() == "running"
+    abandoned.kill()  # the client is gone, as a closed tab is: its job stops at its next step
+    source = handle_file(str(sine_wav))
+    kinds = [
+        ("/generate", dict(tags="lofi", duration=1), 48000),
+        ("/inpaint", dict(audio=source, tags="jazz", start_time=1, end_time=2), 4 * 44100),
+        ("/outpaint", dict(audio=source, tags="jazz", extend_after_duration=1), 5 * 44100),
+    ]
+    client = Client(served.url, verbose=False)
+    started = time.monotonic()
+    jobs = []
+    for index in range(50):
+        api_name, values, frames = kinds[index % 3]
+        job = client.submit(api_name=api_name, seed=index, number_of_steps=1, **values)
+        while job.status().code.name in ("STARTING",):  # sent: the next one is behind it
+            time.sleep(0.005)
+        jobs.append((job, frames))
+    finished: dict[int, float] = {}
+    while len(finished) < len(jobs) and time.monotonic() - started < 240:
+        for index, (job, _) in enumerate(jobs):
+            if index not in finished and job.done():
+                finished[index] = time.monotonic()
+        time.sleep(0.01)
+    assert len(finished) == 50, "jobs were lost"
+    done, full = [], []
+    for index, (job, frames) in enumerate(jobs):
+        try:
+            path, seed, params = job.result()
+        except AppError as error:
+            assert "the queue is full" in str(error)
+            full.append(index)
+            continue
+        assert seed == index and soundfile.info(path).frames == frames
+        done.append(index)
+    assert len(done) + len(full) == 50 and len(done) >= QUEUE_SIZE - 1
+    numbers = sorted(slot_times)
+    assert len(numbers) == len(done) + 1  # the slow job got the model too
+    for earlier in numbers:
+        for later in numbers:
+            waited, _ = slot_times[earlier]
+            if later > earlier and slot_times[later][1] < slot_times[earlier][1]:
+                assert waited > slot_times[later][1], (earlier, later)  # it was not ready yet
+    assert len([step for step, stopping in steps if stopping]) == 1  # the slow one stopped at once
+    print(f"50 jobs: {len(done)} results, {len(full)} queue full, "
+          f"{time.monotonic() - started:.1f} s")
+    wait_until_free(served.manager)

@@ -1,6 +1,7 @@
 import json
 import re
 import shutil
+import threading
 from pathlib import Path
 
 import pytest
@@ -39,6 +40,24 @@ def test_generate_has_the_asked_length_and_the_seed_reproduces_it(manager, tiny_
     assert not torch.equal(first.audio.samples, other.audio.samples)
     assert first.params["seed"] == 7 and first.params["duration_s"] == 2.5
     assert "retake_seed" not in first.params  # generate on 1.5 draws no second noise
+
+
+@pytest.mark.parametrize("duration, latent_frames", [(1.113, 28), (1.1113, 28), (2.1872, 55),
+                                                     (2.2243, 56)])
+def test_lengths_whose_noise_diffusers_sizes_a_frame_long_run(manager, tiny_v15, duration,
+                                                              latent_frames):
+    result = run(manager, tiny_v15, "generate", duration=duration, number_of_steps=1, seed=1)
+    assert result.audio.frames == round(duration * 48000)
+    assert result.params["engine"]["latent_frames"] == latent_frames
+
+
+def test_every_length_between_1_and_3_s_runs(manager, tiny_v15):
+    engine = manager.get(str(tiny_v15))
+    for index in range(15):
+        duration = round(1 + index * 2 / 14 + 0.0037 * (index % 3), 4)
+        request = parse_request("generate", {"tags": "x", "duration": duration, "number_of_steps": 1})
+        output = engine.generate(request, 1, 2, lambda step, total: None)
+        assert output.audio.frames == round(duration * 48000), duration
 
 
 def test_a_random_seed_is_drawn_and_reported_and_the_params_replay_the_song(manager, tiny_v15):
@@ -143,7 +162,7 @@ def test_a_cancelled_job_leaves_the_engine_usable(tiny_v15):
     with pytest.raises(Cancelled, match="after step 2 of 8"):
         tasks.run("generate", {"tags": "x", "duration": 1}, manager, str(tiny_v15),
                   on_step=stop_at_second_step)
-    assert not manager.gpu_lock.locked()
+    assert not manager.slot.busy and manager.slot.waiting() == 0
     result = tasks.run("generate", {"tags": "x", "duration": 1, **FAST}, manager, str(tiny_v15))
     assert result.audio.frames == 48000
 
@@ -169,9 +188,7 @@ def test_stop_before_the_gpu_is_free_cancels_without_running(tiny_v15):
     with manager.job("someone") as stop:
         assert manager.cancel("someone") and stop.is_set()
     assert not manager.cancel("someone")  # the job is over: nothing to stop
-    with manager.gpu_lock:  # another job holds the GPU while this one waits
-        import threading
-
+    with manager.slot.hold(threading.Event()):  # another job holds the model while this one waits
         outcome = {}
 
         def waiting_job():
@@ -367,3 +384,39 @@ def test_generate_reads_the_reference_audio_and_hands_it_over(recording, sine_wa
     assert "original_seed" not in result.params
     tasks.run("generate", {"tags": "x", "seed": 1}, EngineManager(device="cpu"), model)
     assert engine.calls[-1][1]["reference"] is None
+
+
+def test_a_hub_id_downloads_only_what_the_pipeline_reads(tiny_v15, tmp_path, monkeypatch):
+    from diffusers import AceStepPipeline
+    from huggingface_hub.utils import filter_repo_objects
+
+    from ace_step_ui.v15 import engine as v15
+    from ace_step_ui.v15.tiny import build_tiny_pipeline
+
+    def listing(folder: Path) -> set[str]:
+        return {path.relative_to(folder).as_posix() for path in folder.rglob("*") if path.is_file()}
+
+    def download(model, allow_patterns=None, repo_type=None):  # the Hub, filtered as snapshot_download does
+        snapshot = tmp_path / "snapshot"
+        for name in filter_repo_objects(sorted(listing(repo)), allow_patterns=allow_patterns):
+            (snapshot / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(repo / name, snapshot / name)
+        return snapshot
+
+    monkeypatch.setattr(v15, "download", download)
+    repo = tiny_v15
+    assert listing(v15.resolve("someone/acestep-v15-finetune")) == listing(tiny_v15)
+
+    # A repo with sharded weights (like the XL transformer) and extras the pipeline never reads.
+    repo = tmp_path / "repo"
+    pipeline = build_tiny_pipeline()
+    pipeline.save_pretrained(repo, variant="fp16")
+    pipeline.save_pretrained(repo, max_shard_size="40KB")
+    (repo / "README.md").write_text("a model card\n")
+    (repo / "transformer" / "diffusion_pytorch_model.bin").write_bytes(b"a pickle")
+    shutil.rmtree(tmp_path / "snapshot")
+    files = listing(repo)
+    assert any("-of-" in name for name in files) and any(".fp16." in name for name in files)
+    kept = listing(v15.resolve("someone/acestep-v15-finetune"))
+    assert kept == {name for name in files if ".fp16." not in name and not name.endswith((".bin", ".md"))}
+    AceStepPipeline.from_pretrained(tmp_path / "snapshot")  # everything it reads came down

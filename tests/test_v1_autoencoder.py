@@ -61,8 +61,8 @@ def load_dcae(root, dtype=torch.float32):
 
 
 @pytest.fixture(scope="module")
-def music_dcae(tiny_v1) -> MusicDCAE:
-    return MusicDCAE(load_dcae(tiny_v1), load_vocoder(tiny_v1))
+def music_dcae(tiny_v1_weights) -> MusicDCAE:
+    return MusicDCAE(load_dcae(tiny_v1_weights), load_vocoder(tiny_v1_weights))
 
 
 def test_mel_builders_equal_the_stored_buffers():
@@ -90,14 +90,14 @@ def test_dcae_at_full_size_has_the_checkpoint_keys():
     assert shapes(dcae) == file_keys("music_dcae_f8c8")
 
 
-def test_tiny_modules_have_exactly_the_file_keys(tiny_v1):
+def test_tiny_modules_have_exactly_the_file_keys(tiny_v1_weights):
     for folder, module in [
         (checkpoint.VOCODER, build_on_meta(lambda: HiFiGANVocoder(VocoderConfig.from_json(
-            json.loads((tiny_v1 / checkpoint.VOCODER / "config.json").read_text()))))),
+            json.loads((tiny_v1_weights / checkpoint.VOCODER / "config.json").read_text()))))),
         (checkpoint.AUTOENCODER, build_on_meta(lambda: build_dcae(
-            json.loads((tiny_v1 / checkpoint.AUTOENCODER / "config.json").read_text())))),
+            json.loads((tiny_v1_weights / checkpoint.AUTOENCODER / "config.json").read_text())))),
     ]:
-        with safe_open(str(tiny_v1 / folder / "diffusion_pytorch_model.safetensors"), "pt") as stored:
+        with safe_open(str(tiny_v1_weights / folder / "diffusion_pytorch_model.safetensors"), "pt") as stored:
             stored_shapes = {key: list(stored.get_slice(key).get_shape()) for key in stored.keys()}
         assert shapes(module) == stored_shapes
 
@@ -143,8 +143,9 @@ def test_latent_frame_constants_agree():
     assert decoded_samples(53) == 236287  # the fixture's 5 s text2music WAVs
 
 
-def test_runs_in_bfloat16(tiny_v1, music_dcae):
-    half = MusicDCAE(load_dcae(tiny_v1, torch.bfloat16), load_vocoder(tiny_v1, torch.bfloat16))
+def test_runs_in_bfloat16(tiny_v1_weights, music_dcae):
+    half = MusicDCAE(load_dcae(tiny_v1_weights, torch.bfloat16),
+                     load_vocoder(tiny_v1_weights, torch.bfloat16))
     audio = read_wav(FIXTURE / "t2m_euler_apg" / "output.wav")[None, :, :9000]
     latents = half.encode(audio, OUTPUT_SAMPLE_RATE)
     assert latents.dtype == torch.bfloat16 and latents.shape == (1, 8, 16, 3)

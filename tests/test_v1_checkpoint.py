@@ -34,8 +34,8 @@ def test_umt5_at_full_size_has_the_checkpoint_keys():
 
 
 @pytest.fixture(scope="module")
-def text_encoder(tiny_v1):
-    return TextEncoder.load(tiny_v1 / checkpoint.TEXT_ENCODER, torch.device("cpu"), torch.float32)
+def text_encoder(tiny_v1_weights):
+    return TextEncoder.load(tiny_v1_weights / checkpoint.TEXT_ENCODER, torch.device("cpu"), torch.float32)
 
 
 @pytest.mark.parametrize("case", ["t2m_euler_apg", "repaint_0p5_4p2s_v08", "edit_remix_pingpong"])
@@ -58,18 +58,18 @@ def test_prompt_tokens_and_hidden_states_match_upstream(text_encoder, v1_fixture
         assert float((erg - hidden).abs().max()) > 1e-3  # ERG on tags really changes the encoding
 
 
-def test_weights_load_straight_into_the_target_dtype(tiny_v1):
-    encoder = TextEncoder.load(tiny_v1 / checkpoint.TEXT_ENCODER, torch.device("cpu"), torch.bfloat16)
+def test_weights_load_straight_into_the_target_dtype(tiny_v1_weights):
+    encoder = TextEncoder.load(tiny_v1_weights / checkpoint.TEXT_ENCODER, torch.device("cpu"), torch.bfloat16)
     assert {p.dtype for p in encoder.model.parameters()} == {torch.bfloat16}
     assert encoder.model.encoder.embed_tokens is encoder.model.shared
     hidden, _ = encoder.encode("lofi, piano")
     assert hidden.dtype == torch.bfloat16 and torch.isfinite(hidden.float()).all()
 
 
-def test_a_file_of_another_model_is_refused_with_the_keys_named(tiny_v1):
+def test_a_file_of_another_model_is_refused_with_the_keys_named(tiny_v1_weights):
     with pytest.raises(ModelUnavailableError, match="missing key"):
         load_weights(build_on_meta(lambda: torch.nn.Linear(2, 2)),
-                     tiny_v1 / "umt5-base" / "model.safetensors", torch.device("cpu"), torch.float32)
+                     tiny_v1_weights / "umt5-base" / "model.safetensors", torch.device("cpu"), torch.float32)
 
 
 def test_official_layout_is_found_in_place(tiny_v1):
@@ -92,9 +92,9 @@ def test_hub_cache_layouts_are_found(tiny_v1, tmp_path):
     assert checkpoint.is_checkpoint(tmp_path)
 
 
-def test_partial_download_names_what_is_missing(tiny_v1, tmp_path):
+def test_partial_download_names_what_is_missing(tiny_v1_weights, tmp_path):
     partial = tmp_path / "partial"
-    shutil.copytree(tiny_v1, partial)
+    shutil.copytree(tiny_v1_weights, partial)
     (partial / "music_vocoder" / "diffusion_pytorch_model.safetensors").unlink()
     shutil.rmtree(partial / "umt5-base")
     with pytest.raises(ModelUnavailableError) as error:

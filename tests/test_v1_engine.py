@@ -19,8 +19,10 @@ from safetensors.torch import load_file
 
 from ace_step_ui import tasks
 from ace_step_ui.audio import Audio, read_audio, write_audio
+from ace_step_ui.cli import main as cli_main
 from ace_step_ui.engines import DEFAULT_MODEL, EngineManager, family_for
 from ace_step_ui.errors import InputError
+from ace_step_ui.v1 import vocab
 from ace_step_ui.v1.autoencoder import LATENT_FRAMES_PER_SECOND
 from ace_step_ui.v1.engine import TASK_PARAMS
 from ace_step_ui.v1.pipeline import MAX_FRAMES, extend_window
@@ -150,6 +152,17 @@ def test_reference_audio_runs_audio2audio(manager, tiny_v1):
         run(manager, tiny_v1, "generate", duration=2.0, reference_audio=str(SOURCE), variance=0.2)
 
 
+@pytest.mark.parametrize("task, field, what", [("generate", "lyrics", "the lyrics"),
+                                               ("edit", "original_lyrics", "the original lyrics")])
+def test_lyrics_of_more_than_4096_tokens_are_refused(manager, tiny_v1, task, field, what):
+    # 4,000 characters, within the request's limit, of which percentages make 9,002 tokens.
+    payload = {field: "77% " * 1000, "duration": 2.0} if task == "generate" else {
+        field: "77% " * 1000, "audio": str(SOURCE), "original_tags": "pop"}
+    with pytest.raises(InputError, match=f"{what} make 9,002 lyric tokens; ACE-Step v1 reads at most "
+                                         f"4,096"):
+        run(manager, tiny_v1, task, **payload)
+
+
 def test_inpaint_of_a_mono_file_encodes_it_as_upstream_does(manager, tiny_v1, tmp_path):
     """Upstream duplicates a mono source to stereo before encoding it."""
     stereo = read_audio(SOURCE)
@@ -202,15 +215,45 @@ def test_extend_window_past_240_s_keeps_the_new_audio_next_to_its_source():
         extend_window(src, noise, noise, start_frame=-300, end_frame=frames + 300)
 
 
-def test_tiny_v1_command_writes_a_loadable_checkpoint(tmp_path, tiny_v1):
+@pytest.fixture
+def empty_hub_cache(tmp_path, monkeypatch) -> Path:
+    """No ACE_STEP_LYRIC_VOCAB and an empty Hugging Face cache, here and in subprocesses."""
+    from huggingface_hub import constants
+
+    monkeypatch.delenv(vocab.VOCAB_ENV, raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    return tmp_path / "hf" / "hub"
+
+
+def test_tiny_v1_command_copies_the_vocabulary_and_generates_offline(tmp_path, lyric_vocab, empty_hub_cache,
+                                                                      monkeypatch, capsys):
     folder = tmp_path / "tiny"
-    assert cli("tiny", "v1", folder) == [str(folder)]
-    engine = EngineManager(device="cpu").get(str(folder))
-    assert engine.model_id == str(folder)
-    result = run(EngineManager(device="cpu"), folder, "generate", duration=1.5, number_of_steps=2)
-    assert result.audio.samples.abs().max() > 1e-3  # audible, not silence
+    with monkeypatch.context() as env:
+        env.setenv(vocab.VOCAB_ENV, str(lyric_vocab))
+        assert cli_main(["tiny", "v1", str(folder)]) == 0
+    beside = folder / "lyrics_utils" / "vocab.json"
+    out, err = capsys.readouterr()
+    assert out == f"{folder}\n" and err == f"copied the lyric vocabulary beside the checkpoint: {beside}\n"
+    assert beside.read_bytes() == lyric_vocab.read_bytes()
+
+    request = {"tags": "lofi", "lyrics": "[verse]\nrain", "duration": 1.5, "number_of_steps": 2}
+    (song,) = cli("run", "generate", "--input", json.dumps(request), "--output-dir", tmp_path / "out",
+                  "--model", folder, "--device", "cpu")  # ACE_STEP_LYRIC_VOCAB unset, an empty cache
+    assert read_audio(song).samples.abs().max() > 1e-3  # audible, not silence
     weights = load_file(str(folder / "ace_step_transformer" / "diffusion_pytorch_model.safetensors"))
     assert {t.dtype for t in weights.values()} == {torch.bfloat16}  # 16-bit, like the release
+
+
+def test_tiny_v1_command_without_a_vocabulary_says_how_to_add_one(tmp_path, empty_hub_cache, capsys):
+    folder = tmp_path / "tiny"
+    assert cli_main(["tiny", "v1", str(folder)]) == 0
+    out, err = capsys.readouterr()
+    assert out == f"{folder}\n" and family_for(str(folder)).name == "ACE-Step v1"
+    assert len(err.splitlines()) == 1
+    assert "hf download ACE-Step/ACE-Step models/lyrics_utils/vocab.json --repo-type space" in err
+    assert str(folder / "lyrics_utils" / "vocab.json") in err
+    assert not (folder / "lyrics_utils").exists()
 
 
 def test_lora_applies_and_unloads(manager, tiny_v1, v1_fixture_root):

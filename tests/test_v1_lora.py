@@ -236,12 +236,12 @@ def test_fixture_lora_on_a_stand_in_tree(fixture_lora):
                                    rtol=0, atol=1e-6)
 
 
-def test_fixture_lora_reproduces_the_first_transformer_calls(fixture_lora, tiny_v1):
+def test_fixture_lora_reproduces_the_first_transformer_calls(fixture_lora, tiny_v1_weights):
     """Case lora_0p7 (weight 0.7, alpha ignored): encode and first decode with the LoRA applied."""
     from ace_step_ui.v1 import transformer
     from ace_step_ui.v1.weights import build_on_meta, load_weights
 
-    folder = tiny_v1 / "ace_step_transformer"
+    folder = tiny_v1_weights / "ace_step_transformer"
     config = transformer.TransformerConfig.from_json(json.loads((folder / "config.json").read_text()))
     model = build_on_meta(lambda: transformer.ACEStepTransformer(config))
     load_weights(model, folder / "diffusion_pytorch_model.safetensors", torch.device("cpu"), torch.float32)

@@ -7,26 +7,27 @@ py3langid 0.3.0, num2words 0.5.14, pypinyin 0.53.0, hangul-romanize 0.1.0, cutle
 from __future__ import annotations
 
 import importlib
-
+import re
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 from v1_fixture import FIXTURE, call_kwargs, cases
 
 from ace_step_ui.errors import InputError, ModelUnavailableError
-from ace_step_ui.v1 import cleaners, lyrics, vocab
+from ace_step_ui.v1 import cleaners, language, lyrics, vocab
 from ace_step_ui.v1.cleaners import clean_lyric_line, multilingual_clean
 from ace_step_ui.v1.language import language_ranking, line_language
 from ace_step_ui.v1.lyrics import LyricTokenizer
 
-VOCAB = FIXTURE / "lyric_vocab.json"
-
 
 @pytest.fixture(scope="module")
-def tokenizer() -> LyricTokenizer:
-    return LyricTokenizer.from_file(VOCAB)
+def tokenizer(lyric_vocab) -> LyricTokenizer:
+    return LyricTokenizer.from_file(lyric_vocab)
 
 
 def recorded_tensors(case: str) -> dict:
@@ -142,6 +143,113 @@ def test_chinese_numbers_become_chinese_words(text, cleaned):
     assert multilingual_clean(text, "zh") == cleaned
 
 
+def best_seconds(work, repeats: int = 3) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        work()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def adversarial_lines(size: int) -> str:
+    """Lines that upstream's LangSegment rescans quadratically, or once per match, about `size` long."""
+    share = size // 10
+    return "\n".join([
+        "我 " + "word " * (share // 5),  # a sentence without a full stop
+        "“" * share,  # opening quotes and no letter
+        "!" * share,  # non-word characters and no digit
+        "⑥" + "1" * share,  # a digit run after a placeholder mark
+        ", " * (share // 2),  # punctuation parts, joined one by one
+        "1," * (share // 2),  # parts too short to classify, joined one by one
+        "a. " * (share // 3),  # same-language pieces, merged one by one
+        "(我爱你) " * (share // 6),  # bracketed spans, replaced one at a time
+        "a我" * (share // 2),  # Latin spans, replaced one at a time
+        "x" + "\n" * share,  # a run of newlines
+    ])
+
+
+def test_segmentation_time_grows_in_proportion_to_the_text():
+    small, large = adversarial_lines(20_000), adversarial_lines(200_000)
+    assert best_seconds(lambda: language_ranking(large)) < 20 * best_seconds(lambda: language_ranking(small))
+
+
+def test_number_patterns_take_time_in_proportion_to_the_text():
+    def clean(size: int) -> None:
+        digits = "9" * size
+        multilingual_clean(f"{digits} £{digits} {'1.' * (size // 2)}", "en")
+        for pattern in (cleaners._ZH_FRACTION, cleaners._ZH_PERCENT, cleaners._ZH_MEASURED,
+                        cleaners._ZH_MONEY):
+            pattern.findall("我" * size + digits)
+
+    assert best_seconds(lambda: clean(40_000)) < 20 * best_seconds(lambda: clean(4_000))
+
+
+# Upstream's patterns that language.py and cleaners.py rewrite to run in linear time.
+UPSTREAM_SEGMENTATION = {
+    "_PLACEHOLDER": r"(⑥\$*\d+[\d]{6,}⑥)",
+    "_NUMBER_RUN": r"(\W*\d+\W+\d*\W*\d*)",
+    "_LATIN_RUN": rf"""(([【《（(“‘"']*[{language._LATIN_LETTERS}]+[\W\s]*)+)""",
+    "_BRACKETED": r"([\n]*[【《（(“‘])([^【《（(“‘’”)）》】]{3,})([’”)）》】][\W\s]*[\n]{,1})",
+    "_SENTENCE": r"(.*?[。.?？!！]+[\n]{,1})",
+}
+UPSTREAM_CLEANING = {
+    "_DECIMAL": r"([0-9]+[.,][0-9]+)",
+    "_ZH_FRACTION": r"(\d+/\d+)",
+    "_ZH_PERCENT": r"(\d+(\.\d+)?%)",
+    "_ZH_MONEY": rf"\D+((\d+(\.\d+)?)[多余几]?{cleaners._ZH_MONEY_UNIT}(\d{cleaners._ZH_MONEY_UNIT}?)?)",
+    "GBP": r"((£[0-9\.\,]*[0-9]+)|([0-9\.\,]*[0-9]+£))",
+    "EUR": r"(([0-9\.\,]*[0-9]+€)|((€[0-9\.\,]*[0-9]+)))",
+    "en": r"([0-9]+)(st|nd|rd|th)",
+}
+line_characters = st.sampled_from(list("aZé 19,.!?。“‘\"'()（）】⑥$我가\n") + ["⑥$5000001⑥", "1234567"])
+amount_characters = st.sampled_from(list("0123456789.,£€%/ a元万块st th") + ["12", "3.5", "1/2"])
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(st.lists(line_characters, max_size=40).map("".join))
+def test_segmentation_patterns_find_what_upstreams_find(text):
+    for name, upstream in UPSTREAM_SEGMENTATION.items():
+        ours = getattr(language, name)
+        assert (ours.findall(text), ours.split(text)) == (re.findall(upstream, text),
+                                                         re.split(upstream, text)), name
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(st.lists(amount_characters, max_size=30).map("".join))
+def test_cleaning_patterns_find_what_upstreams_find(text):
+    ours = {"_DECIMAL": cleaners._DECIMAL, "_ZH_FRACTION": cleaners._ZH_FRACTION,
+            "_ZH_PERCENT": cleaners._ZH_PERCENT, "_ZH_MONEY": cleaners._ZH_MONEY,
+            "GBP": cleaners._CURRENCIES[0][1], "EUR": cleaners._CURRENCIES[2][1],
+            "en": cleaners._ORDINAL["en"]}
+    for name, upstream in UPSTREAM_CLEANING.items():
+        group = 1 if name == "_ZH_MONEY" else 0  # upstream's money pattern is read by its group
+        assert ([m.span(group) for m in ours[name].finditer(text)]
+                == [m.span(group) for m in re.finditer(upstream, text)]), name
+
+
+bracketed = st.recursive(
+    st.sampled_from(["abc", "我爱你", "x", ""]),
+    lambda inner: st.tuples(st.sampled_from("(（“"), inner, st.sampled_from(")）” x"),
+                            st.sampled_from(["", " ", ", "])).map("".join)
+    | st.lists(inner, min_size=2, max_size=3).map(" ".join), max_leaves=12)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(bracketed, st.sampled_from(["", "\n", "\n\n"]))
+# Upstream's loop: the second key takes "(ab ⑥…⑥ x) (", across the first, and "(fgh)" loses its "(".
+@example("(ab (cde) x) (fgh) (ijk)", "")
+@example("(a (bb (cde) x) y) (fgh) (ijk) (lmn)", "\n")
+def test_bracketed_spans_are_hidden_as_upstreams_loop_hides_them(line, newlines):
+    line += newlines  # a line has newlines only at its end
+    upstream = UPSTREAM_SEGMENTATION["_BRACKETED"]
+    keys = [f"⑥$4{index:06d}⑥" for index in range(len(re.findall(upstream, line)))]
+    expected = line
+    for key in keys:
+        expected = re.sub(upstream, key, expected, count=1)
+    assert language._hide_brackets_one_at_a_time(line, keys) == expected
+
+
 @pytest.fixture
 def without(monkeypatch):
     """Make an optional package unimportable."""
@@ -222,8 +330,8 @@ def cache_vocab(cache: Path, source: Path) -> Path:
     return target
 
 
-def test_vocab_from_the_hub_cache(hub_cache):
-    cached = cache_vocab(hub_cache, VOCAB)
+def test_vocab_from_the_hub_cache(hub_cache, lyric_vocab):
+    cached = cache_vocab(hub_cache, lyric_vocab)
     assert vocab.lyric_vocab_path() == cached
 
 
@@ -234,23 +342,31 @@ def test_vocab_missing_says_how_to_get_it(hub_cache, tmp_path):
     assert vocab.VOCAB_ENV in str(error.value)
 
 
-def test_vocab_with_wrong_bytes_is_refused(hub_cache, tmp_path):
+def test_local_vocab_is_the_variable_or_the_cache_never_a_download(hub_cache, lyric_vocab, monkeypatch):
+    assert vocab.local_lyric_vocab() is None
+    cached = cache_vocab(hub_cache, lyric_vocab)
+    assert vocab.local_lyric_vocab() == cached
+    monkeypatch.setenv(vocab.VOCAB_ENV, str(lyric_vocab))
+    assert vocab.local_lyric_vocab() == lyric_vocab
+
+
+def test_vocab_with_wrong_bytes_is_refused(hub_cache, tmp_path, lyric_vocab):
     damaged = tmp_path / "vocab.json"
-    damaged.write_bytes(VOCAB.read_bytes()[:-10])
+    damaged.write_bytes(lyric_vocab.read_bytes()[:-10])
     cache_vocab(hub_cache, damaged)
     with pytest.raises(ModelUnavailableError, match="sha256") as error:
         vocab.lyric_vocab_path()
     assert "--force-download" in str(error.value)
 
 
-def test_vocab_from_the_environment_and_beside_the_checkpoint(hub_cache, tmp_path, monkeypatch):
+def test_vocab_from_the_environment_and_beside_the_checkpoint(hub_cache, tmp_path, monkeypatch, lyric_vocab):
     checkpoint = tmp_path / "checkpoint"
     beside = checkpoint / "lyrics_utils" / "vocab.json"
     beside.parent.mkdir(parents=True)
-    shutil.copyfile(VOCAB, beside)
+    shutil.copyfile(lyric_vocab, beside)
     assert vocab.lyric_vocab_path(checkpoint) == beside
-    monkeypatch.setenv(vocab.VOCAB_ENV, str(VOCAB))
-    assert vocab.lyric_vocab_path(checkpoint) == VOCAB  # the variable wins
+    monkeypatch.setenv(vocab.VOCAB_ENV, str(lyric_vocab))
+    assert vocab.lyric_vocab_path(checkpoint) == lyric_vocab  # the variable wins
     monkeypatch.setenv(vocab.VOCAB_ENV, str(tmp_path / "nowhere.json"))
     with pytest.raises(ModelUnavailableError, match="not a file"):
         vocab.lyric_vocab_path(checkpoint)

@@ -27,10 +27,10 @@ def read_config(checkpoint) -> TransformerConfig:
 
 
 @pytest.fixture(scope="module")
-def model(tiny_v1) -> ACEStepTransformer:
-    config = read_config(tiny_v1)
+def model(tiny_v1_weights) -> ACEStepTransformer:
+    config = read_config(tiny_v1_weights)
     return load_weights(build_on_meta(lambda: ACEStepTransformer(config)),
-                        transformer_dir(tiny_v1) / "diffusion_pytorch_model.safetensors",
+                        transformer_dir(tiny_v1_weights) / "diffusion_pytorch_model.safetensors",
                         torch.device("cpu"), torch.float32)
 
 
@@ -180,10 +180,12 @@ def relative_rms(actual: torch.Tensor, expected: torch.Tensor) -> float:
     return ((actual.float() - expected).norm() / expected.norm()).item()
 
 
-def test_bfloat16_runs(tiny_v1):
-    config = read_config(tiny_v1)
+def test_bfloat16_runs(tiny_v1_weights, monkeypatch):
+    # oneDNN 3.12's AMX bf16 conv (torch 2.13) gets proj_in's 8->2048 (16, 1) conv wrong (rel. error 1.1).
+    monkeypatch.setattr(torch.backends.mkldnn, "enabled", False)
+    config = read_config(tiny_v1_weights)
     model = load_weights(build_on_meta(lambda: ACEStepTransformer(config)),
-                         transformer_dir(tiny_v1) / "diffusion_pytorch_model.safetensors",
+                         transformer_dir(tiny_v1_weights) / "diffusion_pytorch_model.safetensors",
                          torch.device("cpu"), torch.bfloat16)
     conditions = Conditions("t2m_no_lyrics")  # one lyric token: bf16 matmuls are slow on most CPUs
     recorded = conditions.refs
@@ -203,11 +205,12 @@ def test_bfloat16_runs(tiny_v1):
     assert relative_rms(velocity, recorded["decode.out.000"]) < 0.05
 
 
-def test_state_dict_equals_the_tiny_checkpoint(tiny_v1):
+def test_state_dict_equals_the_tiny_checkpoint(tiny_v1_weights):
     from safetensors import safe_open
 
-    model = build_on_meta(lambda: ACEStepTransformer(read_config(tiny_v1)))
-    with safe_open(str(transformer_dir(tiny_v1) / "diffusion_pytorch_model.safetensors"), "pt") as file:
+    model = build_on_meta(lambda: ACEStepTransformer(read_config(tiny_v1_weights)))
+    weights = transformer_dir(tiny_v1_weights) / "diffusion_pytorch_model.safetensors"
+    with safe_open(str(weights), "pt") as file:
         stored = {key: list(file.get_slice(key).get_shape()) for key in file.keys()}
     assert {key: list(value.shape) for key, value in model.state_dict().items()} == stored
 

@@ -1,8 +1,9 @@
-"""The ACE-Step v1 parity fixture (../shared/fixtures/ace_step_v1_tiny/): its checkpoint and its cases.
+"""The ACE-Step v1 parity fixture (tests/fixtures/ace_step_v1_tiny/): its checkpoint, its cases, and the
+lyric vocabulary the v1 tests tokenise with.
 
 The checkpoint is stored as a recipe; `materialise` follows the fixture README's rule exactly and
-checks every tensor against the manifest's sha256. Fixture data is read in place, never copied into
-the repository.
+checks every tensor against the manifest's sha256. The lyric vocabulary is upstream's file, which
+the repository does not carry: `lyric_vocab` finds it.
 """
 
 from __future__ import annotations
@@ -18,20 +19,17 @@ from typing import Any
 import numpy
 from safetensors.numpy import save_file
 
-FIXTURE_PATH = Path("shared") / "fixtures" / "ace_step_v1_tiny"
+REPO = Path(__file__).resolve().parents[1]
+IN_REPO = REPO / "tests" / "fixtures" / "ace_step_v1_tiny"
+SHARED_FIXTURE = Path("shared") / "fixtures" / "ace_step_v1_tiny"  # a workspace copy, with the vocabulary
+VOCAB_NAME = "lyric_vocab.json"
 
 
 def find_fixture() -> Path:
-    """`ACE_STEP_V1_FIXTURE`, else ../shared/fixtures/ace_step_v1_tiny next to the checkout (or
-    above it, for a clone in a subfolder)."""
+    """`ACE_STEP_V1_FIXTURE` (another recording in the same format), else the repository's copy."""
     if os.environ.get("ACE_STEP_V1_FIXTURE"):
         return Path(os.environ["ACE_STEP_V1_FIXTURE"])
-    repo = Path(__file__).resolve().parents[1]
-    for folder in repo.parents:
-        if (folder / FIXTURE_PATH / "manifest.json").is_file():
-            return folder / FIXTURE_PATH
-    raise FileNotFoundError(f"the v1 parity fixture ../{FIXTURE_PATH} was not found above {repo}; "
-                            f"set ACE_STEP_V1_FIXTURE to its folder")
+    return IN_REPO
 
 
 FIXTURE = find_fixture()
@@ -111,3 +109,54 @@ def refs(case: str, fixture: Path = FIXTURE) -> dict[str, Any]:
 
 def params(case: str, fixture: Path = FIXTURE) -> dict[str, Any]:
     return json.loads((fixture / case / "params.json").read_text())
+
+
+def lyric_vocab() -> Path:
+    """Upstream's lyric vocabulary: ACE_STEP_LYRIC_VOCAB; else a copy in the fixture (never committed)
+    or in ../shared/fixtures/ace_step_v1_tiny/ beside or above the checkout; else the Hugging Face
+    cache, or the Hub where HF_HUB_OFFLINE=0 allows it. Without one the calling test fails, saying how
+    to get it."""
+    import pytest
+    from huggingface_hub import is_offline_mode
+
+    from ace_step_ui.errors import ModelUnavailableError
+    from ace_step_ui.v1 import vocab
+
+    copies = [FIXTURE / VOCAB_NAME] + [folder / SHARED_FIXTURE / VOCAB_NAME for folder in REPO.parents]
+    if not os.environ.get(vocab.VOCAB_ENV):
+        for copy in copies:
+            if copy.is_file():
+                digest = hashlib.sha256(copy.read_bytes()).hexdigest()
+                if digest != vocab.VOCAB_SHA256:
+                    pytest.fail(f"{copy} is not upstream's lyric vocabulary (its sha256 is {digest}); "
+                                f"replace or remove it", pytrace=False)
+                return copy
+    found = problem = None
+    try:
+        found = vocab.local_lyric_vocab() if is_offline_mode() else vocab.lyric_vocab_path()
+    except ModelUnavailableError as error:  # a wrong file, or a failed download
+        problem = str(error)
+    if problem:  # failed outside the handler, so pytest prints the message alone
+        pytest.fail(problem, pytrace=False)
+    if found is None and is_offline_mode():
+        found = _download_lyric_vocab()
+    if found is None:
+        pytest.fail(f"the v1 tests need ACE-Step v1's lyric vocabulary (upstream's file, not in this "
+                    f"repository): run `hf download {vocab.VOCAB_REPO} {vocab.VOCAB_FILE} --repo-type "
+                    f"{vocab.VOCAB_REPO_TYPE}` once, or `export {vocab.VOCAB_ENV}=/path/to/vocab.json`",
+                    pytrace=False)
+    return found
+
+
+def _download_lyric_vocab() -> Path | None:
+    """The vocabulary fetched from the Hub as a user's first run does, in a process of its own
+    (the tests keep HF_HUB_OFFLINE=1 so that nothing else downloads); None when that fails."""
+    import subprocess
+    import sys
+
+    env = {key: value for key, value in os.environ.items() if key != "HF_HUB_OFFLINE"}
+    fetch = "from ace_step_ui.v1.vocab import lyric_vocab_path; print(lyric_vocab_path())"
+    done = subprocess.run([sys.executable, "-c", fetch], env=env, cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+    path = Path(done.stdout.strip()) if done.returncode == 0 else None
+    return path if path is not None and path.is_file() else None

@@ -65,33 +65,39 @@ _SYMBOL_WORDS: dict[str, tuple[str, ...]] = {
     "ko": ("그리고", "에", "퍼센트", "번호", "달러", "파운드", "도"),
 }
 
-_ORDINAL = {
-    "en": re.compile(r"([0-9]+)(st|nd|rd|th)"),
-    "es": re.compile(r"([0-9]+)(º|ª|er|o|a|os|as)"),
-    "fr": re.compile(r"([0-9]+)(º|ª|er|re|e|ème)"),
-    "de": re.compile(r"([0-9]+)(st|nd|rd|th|º|ª|\.(?=\s|$))"),
-    "pt": re.compile(r"([0-9]+)(º|ª|o|a|os|as)"),
-    "it": re.compile(r"([0-9]+)(º|°|ª|o|a|i|e)"),
-    "pl": re.compile(r"([0-9]+)(º|ª|st|nd|rd|th)"),
-    "ar": re.compile(r"([0-9]+)(ون|ين|ث|ر|ى)"),
-    "cs": re.compile(r"([0-9]+)\.(?=\s|$)"),
-    "ru": re.compile(r"([0-9]+)(-й|-я|-е|-ое|-ье|-го)"),
-    "nl": re.compile(r"([0-9]+)(de|ste|e)"),
-    "tr": re.compile(r"([0-9]+)(\.|inci|nci|uncu|üncü|\.)"),
-    "hu": re.compile(r"([0-9]+)(\.|adik|edik|odik|edik|ödik|ödike|ik)"),
-    "ko": re.compile(r"([0-9]+)(번째|번|차|째)"),
-}
+# Upstream's patterns scan a run of digits again from each of its digits; a match never starts
+# inside one, so `(?<![0-9])` (and `(?<!\d)` below) skips those starts and keeps a long run linear.
+_AFTER_NO_DIGIT = r"(?<![0-9])"
+_ORDINAL = {language: re.compile(_AFTER_NO_DIGIT + pattern) for language, pattern in {
+    "en": r"([0-9]+)(st|nd|rd|th)",
+    "es": r"([0-9]+)(º|ª|er|o|a|os|as)",
+    "fr": r"([0-9]+)(º|ª|er|re|e|ème)",
+    "de": r"([0-9]+)(st|nd|rd|th|º|ª|\.(?=\s|$))",
+    "pt": r"([0-9]+)(º|ª|o|a|os|as)",
+    "it": r"([0-9]+)(º|°|ª|o|a|i|e)",
+    "pl": r"([0-9]+)(º|ª|st|nd|rd|th)",
+    "ar": r"([0-9]+)(ون|ين|ث|ر|ى)",
+    "cs": r"([0-9]+)\.(?=\s|$)",
+    "ru": r"([0-9]+)(-й|-я|-е|-ое|-ье|-го)",
+    "nl": r"([0-9]+)(de|ste|e)",
+    "tr": r"([0-9]+)(\.|inci|nci|uncu|üncü|\.)",
+    "hu": r"([0-9]+)(\.|adik|edik|odik|edik|ödik|ödike|ik)",
+    "ko": r"([0-9]+)(번째|번|차|째)",
+}.items()}
 # What num2words leaves after the whole units of an amount ("twenty euro, zero cents").
 _CURRENCY_AND = {"en": ", ", "es": " con ", "fr": " et ", "de": " und ", "pt": " e ", "it": " e ",
                  "pl": ", ", "cs": ", ", "ru": ", ", "nl": ", ", "ar": ", ", "tr": ", ", "hu": ", ", "ko": ", "}
+# Upstream's amounts end in [0-9]+ (before or after the symbol), which backtracks cubically on a long
+# run of digits; one digit there matches the same spans, and an amount never starts inside a run of
+# digits, dots and commas (only group 0 is used).
 _CURRENCIES = (
-    ("GBP", re.compile(r"((£[0-9\.\,]*[0-9]+)|([0-9\.\,]*[0-9]+£))")),
-    ("USD", re.compile(r"((\$[0-9\.\,]*[0-9]+)|([0-9\.\,]*[0-9]+\$))")),
-    ("EUR", re.compile(r"(([0-9\.\,]*[0-9]+€)|((€[0-9\.\,]*[0-9]+)))")),
+    ("GBP", re.compile(r"((£[0-9\.\,]*[0-9])|((?<![0-9\.\,])[0-9\.\,]*[0-9]£))")),
+    ("USD", re.compile(r"((\$[0-9\.\,]*[0-9])|((?<![0-9\.\,])[0-9\.\,]*[0-9]\$))")),
+    ("EUR", re.compile(r"(((?<![0-9\.\,])[0-9\.\,]*[0-9]€)|((€[0-9\.\,]*[0-9])))")),
 )
 _THOUSANDS_COMMA = re.compile(r"\b\d{1,3}(,\d{3})*(\.\d+)?\b")
 _THOUSANDS_DOT = re.compile(r"\b\d{1,3}(.\d{3})*(\,\d+)?\b")  # sic: "." matches any character upstream
-_DECIMAL = re.compile(r"([0-9]+[.,][0-9]+)")
+_DECIMAL = re.compile(_AFTER_NO_DIGIT + r"([0-9]+[.,][0-9]+)")
 _INTEGER = re.compile(r"[0-9]+")
 
 
@@ -187,12 +193,14 @@ _ZH_MEASURE_WORD = ("(?:[匹张座回场尾条个首阙阵网炮顶丘棵只支�
                     "铺程撮勺合升斗盘碗碟叠桶笼盆盒杯斛锅簋篮罐瓶壶卮盏箩箱煲啖袋钵年月日季刻时周天秒旬纪岁世更夜"
                     "春夏秋冬代伏辈丸泡粒幢堆根道面片块]|[千毫微]克|[千分厘毫微]米)")
 _ZH_DATE = re.compile(r"\D+((([089]\d|(19|20)\d{2})年)?(\d{1,2}月(\d{1,2}[日号])?)?)")
-_ZH_MONEY = re.compile(rf"\D+((\d+(\.\d+)?)[多余几]?{_ZH_MONEY_UNIT}(\d{_ZH_MONEY_UNIT}?)?)")
+# Upstream's \D+ before an amount: only the group is used, and one non-digit finds the same groups
+# without scanning a long run of them again from each of its characters.
+_ZH_MONEY = re.compile(rf"\D((\d+(\.\d+)?)[多余几]?{_ZH_MONEY_UNIT}(\d{_ZH_MONEY_UNIT}?)?)")
 _ZH_MOBILE = re.compile(r"\D((\+?86 ?)?1([38]\d|5[0-35-9]|7[678]|9[89])\d{8})\D")
 _ZH_LANDLINE = re.compile(r"\D((0(10|2[1-3]|[3-9]\d{2})-?)?[1-9]\d{6,7})\D")
-_ZH_FRACTION = re.compile(r"(\d+/\d+)")
-_ZH_PERCENT = re.compile(r"(\d+(\.\d+)?%)")
-_ZH_MEASURED = re.compile(rf"(\d+(\.\d+)?)[多余几]?{_ZH_MEASURE_WORD}")
+_ZH_FRACTION = re.compile(r"(?<!\d)(\d+/\d+)")
+_ZH_PERCENT = re.compile(r"(?<!\d)(\d+(\.\d+)?%)")
+_ZH_MEASURED = re.compile(rf"(?<!\d)(\d+(\.\d+)?)[多余几]?{_ZH_MEASURE_WORD}")
 _ZH_DIGIT_STRING = re.compile(r"(\d{4,32})")
 _ZH_NUMBER = re.compile(r"(\d+(\.\d+)?)")
 _ZH_LATIN_TWO_LATIN = re.compile(r"(([a-zA-Z]+)二([a-zA-Z]+))")  # P2P, B2B: put the 2 back

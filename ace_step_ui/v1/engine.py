@@ -17,6 +17,7 @@ from typing import Any
 from ..audio import Audio
 from ..engines import EngineOutput, Family, StepCallback, pick_device, pick_dtype, register
 from ..errors import InputError
+from ..requests import BaseRequest, GenerateRequest
 from . import checkpoint
 from . import pipeline as pipeline_module
 from .autoencoder import LATENT_FRAMES_PER_SECOND
@@ -44,6 +45,13 @@ TASK_PARAMS = {
 
 def honoured(model: str, task: str) -> frozenset[str]:
     return TASK_PARAMS.get(task, frozenset())
+
+
+def check_request(model: str, request: BaseRequest) -> None:
+    """Refuse what v1 cannot run, before any audio is read or the model loaded."""
+    if isinstance(request, GenerateRequest) and request.reference_audio and request.variance > 0:
+        raise InputError("variance (a retake) and reference_audio (audio-to-audio) are two "
+                         "different ways to vary a song in ACE-Step v1; set only one of them")
 
 
 def sampling_arguments(request: Any) -> dict[str, Any]:
@@ -78,9 +86,6 @@ class V1Engine:
                  reference: Audio | None = None) -> EngineOutput:
         variance = getattr(request, "variance", 0.0)
         arguments = dict(task="text2music", audio_duration=request.duration)
-        if reference is not None and variance > 0:
-            raise InputError("variance (a retake) and reference_audio (audio-to-audio) are two "
-                             "different ways to vary a song in ACE-Step v1; set only one of them")
         if reference is not None:
             arguments.update(audio2audio_enable=True, ref_audio=reference,
                              ref_audio_strength=getattr(request, "audio2audio_strength", 0.5))
@@ -156,4 +161,4 @@ def load(root: Path, model: str, device: str, dtype: str) -> V1Engine:
 
 register(Family(name="ACE-Step v1", hub_ids=(checkpoint.HUB_ID,),
                 is_checkpoint=checkpoint.is_checkpoint, resolve=checkpoint.resolve, load=load,
-                honoured=honoured))
+                honoured=honoured, check_request=check_request))

@@ -12,12 +12,15 @@ re-implements the parts that configuration reaches, in three steps per line:
 2. walk: text between placeholders is split at punctuation and classified with py3langid, with
    LangSegment's zh/ja guesses for short Han runs; each placeholder goes to its rule's handler;
 3. record: pieces merge with a same-language or number-only neighbour and their characters are counted.
+
+LangSegment's regexes and loops rescan text (a run of quotes from each of its characters, a sentence
+without a full stop from each of its words, the line once per bracketed span); here each step takes
+time in proportion to the line, with the same results.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Callable
 
@@ -26,13 +29,19 @@ SUPPORTED_LANGUAGES = ("en", "de", "fr", "es", "it", "pt", "pl", "tr", "ru", "cs
                        "hu", "ko", "hi")
 
 # Placeholder for a hidden span: "⑥" + rule tag + 6-digit index + "⑥" (number rule tags are digits).
-_PLACEHOLDER = re.compile(r"(⑥\$*\d+[\d]{6,}⑥)")
+# Upstream writes \d+[\d]{6,}: the same matches, but it backtracks quadratically on a long digit run.
+_PLACEHOLDER = re.compile(r"(⑥\$*\d{7,}⑥)")
 _NUMBER_PLACEHOLDER = re.compile(r"(⑥\d{6,}⑥)")
+_OPENING_QUOTES = "【《（(“‘\"'"
 
 
 def _script_run(letters: str) -> re.Pattern[str]:
-    """A run of words in one script, with opening quotes before and punctuation/space after each."""
-    return re.compile(rf"""(([【《（(“‘"']*[{letters}]+[\W\s]*)+)""")
+    """A run of words in one script, with opening quotes before and punctuation/space after each.
+
+    No match starts just after an opening quote (upstream's never does: it starts at the first one),
+    so a long run of quotes is not rescanned from each of its characters.
+    """
+    return re.compile(rf"""(?<![{_OPENING_QUOTES}])(([{_OPENING_QUOTES}]*[{letters}]+[\W\s]*)+)""")
 
 
 # With "fr" and "vi" among the filters LangSegment's preview mode is on: these lowercase accented
@@ -44,14 +53,23 @@ _INLINE_TAG = re.compile(r"(<([a-zA-Z|-]*)>(.*?)<\/*[a-zA-Z|-]*>)")
 _HANGUL_RUN = _script_run("\uac00-\ud7a3")
 _THAI_RUN = _script_run("\u0e00-\u0e7f")
 _CYRILLIC_RUN = _script_run("А-Яа-яЁё")
-_NUMBER_RUN = re.compile(r"(\W*\d+\W+\d*\W*\d*)")
+# Upstream's (\W*\d+\W+\d*\W*\d*): its matches never start inside a run of \W or of digits, and not
+# trying there keeps such runs from being rescanned from each of their characters.
+_NUMBER_RUN = re.compile(r"(?<!\W)(?:(?<!\d)|(?!\d))(\W*\d+\W+\d*\W*\d*)")
 _LATIN_RUN = _script_run(_LATIN_LETTERS)
 _QUOTED = re.compile(r"""(["'])(.*?)(\1)""")
-_BRACKETED = re.compile(r"([\n]*[【《（(“‘])([^【《（(“‘’”)）》】]{3,})([’”)）》】][\W\s]*[\n]{,1})")
+# (?<!\n): not from inside a run of newlines, where upstream's match never starts either.
+_BRACKETED = re.compile(r"((?<!\n)[\n]*[【《（(“‘])([^【《（(“‘’”)）》】]{3,})([’”)）》】][\W\s]*[\n]{,1})")
+_OPENING_BRACKETS, _CLOSING_BRACKETS = "【《（(“‘", "’”)）》】"
+_BRACKET = re.compile(r"[【《（(“‘’”)）》】]")
+_BRACKET_TAIL = re.compile(r"[\W\s]*[\n]{,1}")
 
-_SENTENCE = re.compile(r"(.*?[。.?？!！]+[\n]{,1})")
+# Upstream's (.*?[。.?？!！]+[\n]{,1}), splitting the same way, without rescanning a sentence that has
+# no full stop from each of its characters.
+_SENTENCE = re.compile(r"((?<![^。.?？!！\n])[^。.?？!！\n]*[。.?？!！]+[\n]{,1})")
 _PUNCTUATION = re.compile(r"([^\w\s]+)")
 _KANA = re.compile(r"[\u3040-\u309F\u30A0-\u30FF]+")
+_WORD = re.compile(r"\w")
 _JA_ZH_THRESHOLD = 0.89  # LangPriorityThreshold: below it a short Han run is taken as Japanese
 
 
@@ -68,6 +86,7 @@ def _filter_languages() -> tuple[str, ...]:
     return tuple(sorted(_identifier().nb_classes))
 
 
+@lru_cache(maxsize=4096)  # lyrics repeat lines and words, and py3langid is the costly step
 def _classify(text: str) -> tuple[str, float]:
     language, probability = _identifier().classify(text)
     return language, round(float(probability), 3)
@@ -109,11 +128,42 @@ def _ssml_digits(text: str) -> str:
                                       if digit.group(0) in "0123456789" else ""), text).replace(".", "点")
 
 
-@dataclass
 class _Piece:
-    lang: str
-    text: str
-    tag: object = None  # None: plain text; True: an inline <lang>…</lang> tag; str: another tag's name
+    """Text in one language; what merges into it is joined once, when its text is read."""
+
+    def __init__(self, lang: str, text: str, tag: object = None):
+        self.lang = lang
+        self.tag = tag  # None: plain text; True: an inline <lang>…</lang> tag; str: another tag's name
+        self._parts = [text]
+
+    @property
+    def text(self) -> str:
+        if len(self._parts) > 1:
+            self._parts = ["".join(self._parts)]
+        return self._parts[0]
+
+    def extend(self, text: str) -> None:
+        self._parts.append(text)
+
+
+class _ShortText:
+    """Whether the parts added so far squeeze (`_squeeze` without digits and number placeholders)
+    to at most two characters, kept up to date part by part: squeezing only merges where they meet."""
+
+    def __init__(self) -> None:
+        self.length = 0
+        self.first = self.last = ""
+
+    def add(self, part: str) -> bool:
+        digitless = re.sub(r"\d+", "", _NUMBER_PLACEHOLDER.sub("", part))
+        squeezed = re.sub(r"(.)\1+", r"\1", re.sub(r"\W+", " ", digitless))
+        if squeezed[:1] == self.last:
+            squeezed = squeezed[1:]
+        if squeezed:
+            self.first = self.first or squeezed[0]
+            self.last = squeezed[-1]
+            self.length += len(squeezed)
+        return self.length - (self.first == " ") - (self.last == " " and self.length > 1) <= 2
 
 
 class _Segmentation:
@@ -147,14 +197,18 @@ class _Segmentation:
         return sorted(self.counts.items(), key=lambda item: item[1], reverse=True)
 
     def _hide(self, tag: str, pattern: re.Pattern[str], handler: Callable, text: str) -> str:
+        """Upstream replaces the matches one at a time, each time the first match in the text so far:
+        for all rules but the bracketed one, that is the matches of one pass."""
         found = pattern.findall(text)
         if len(found) == 1 and "".join(found[0]) == text:
             return text  # a text that is one whole match stays as it is
-        for index, match in enumerate(found):
-            key = f"⑥{tag}{index:06d}⑥"
-            text = pattern.sub(lambda _, key=key: key, text, count=1)
+        keys = [f"⑥{tag}{index:06d}⑥" for index in range(len(found))]
+        for key, match in zip(keys, found):
             self.hidden[key] = (handler, match)
-        return text
+        if pattern is _BRACKETED:
+            return _hide_brackets_one_at_a_time(text, keys)
+        next_key = iter(keys).__next__
+        return pattern.sub(lambda _: next_key(), text)
 
     def _walk(self, words: list[_Piece], text: str, root: bool) -> None:
         segments = _PLACEHOLDER.split(text)
@@ -208,20 +262,27 @@ class _Segmentation:
             self._add(words, _classify(inner)[0], text)
 
     def _classify_run(self, words: list[_Piece], segment: str) -> None:
+        """The segment split at punctuation; a part joins the next while it or the next is only
+        punctuation, or while it is too short for py3langid. Upstream re-reads the joined text at
+        each part; its two tests are kept up to date here instead."""
         parts = _PUNCTUATION.split(segment)
         at_line_end = self.last_segment
-        for index, text in enumerate(parts):  # later parts are rewritten as we go
-            if not text:
+        joined: list[str] = []
+        has_word, short = False, _ShortText()
+        for index, part in enumerate(parts):
+            if not joined and not part:
                 continue
+            joined.append(part)
+            has_word = has_word or _WORD.search(part) is not None
             final = index >= len(parts) - 1
-            following = "" if final else parts[index + 1]
-            if not final and (_is_punctuation(text) or _is_punctuation(following)):
-                parts[index + 1] = text + following
+            if not final and (not has_word or _is_punctuation(parts[index + 1])):
+                short.add(part)
                 continue
+            if not final and short.add(part):
+                continue
+            text = "".join(joined)
+            joined, has_word, short = [], False, _ShortText()
             cleaned = _squeeze(re.sub(r"\d+", "", _NUMBER_PLACEHOLDER.sub("", text)))
-            if not final and len(cleaned) <= 2:  # too short for py3langid: joined to the next part
-                parts[index + 1] = text + following
-                continue
             language, score = _classify(cleaned)
             previous = words[-1].lang if words else None
             if language != "zh" and all(_is_han(char) for char in re.sub(r"\s", "", cleaned)):
@@ -284,7 +345,7 @@ class _Segmentation:
                 language = previous.lang
             if previous.lang == language:
                 self._count(language, text)
-                previous.text += text
+                previous.extend(text)
                 return previous
             if _number_only(previous.text):
                 # A number-only piece joins the next one (its characters stay counted where they were).
@@ -302,6 +363,38 @@ class _Segmentation:
             self.counts = {}
         if "|" not in language:
             self.counts[language] = self.counts.get(language, 0) + len(text) * (2 if language == "zh" else 1)
+
+
+def _hide_brackets_one_at_a_time(line: str, keys: list[str]) -> str:
+    """`for key in keys: line = _BRACKETED.sub(key, line, count=1)`, in one pass over the line.
+
+    A replaced span can let an opening bracket before it match anew, across the key, up to a later
+    closing bracket. Only the last bracket before the keys can, so the brackets passed are stacked.
+    The line has newlines only at its end, as `_Segmentation` cuts lines.
+    """
+    pieces: list[list[Any]] = []  # the new line so far: [string, start, end] slices
+    brackets: list[tuple[int, int, str]] = []  # those in the pieces: (piece, position, character)
+    rest = 0  # start of the part of `line` not passed yet
+    for key in keys:
+        if brackets and brackets[-1][2] in _OPENING_BRACKETS:
+            closing = _BRACKET.search(line, rest)
+            if closing and closing.group() in _CLOSING_BRACKETS:
+                piece, position, _ = brackets.pop()
+                del pieces[piece + 1:]
+                pieces[piece][2] = position
+                pieces.append([key, 0, len(key)])
+                rest = _BRACKET_TAIL.match(line, closing.end()).end()
+                continue
+        match = _BRACKETED.search(line, rest)
+        if match is None:
+            break
+        pieces.append([line, rest, match.start()])
+        brackets += [(len(pieces) - 1, bracket.start(), bracket.group())
+                     for bracket in _BRACKET.finditer(line, rest, match.start())]
+        pieces.append([key, 0, len(key)])
+        rest = match.end()
+    pieces.append([line, rest, len(line)])
+    return "".join(string[start:end] for string, start, end in pieces)
 
 
 def language_ranking(text: str) -> list[tuple[str, int]]:

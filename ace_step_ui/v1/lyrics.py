@@ -24,6 +24,10 @@ logger = logging.getLogger(__name__)
 START_ID = 261  # [START]
 SPACE_ID = 2  # [SPACE]: between words, after every line, and for an empty line
 STOP_ID = 0  # [STOP]: the single masked token upstream feeds when there are no lyrics
+# Upstream trains on at most this many lyric tokens (text2music_dataset.py keeps lyric_token_idx[:4096])
+# and its pipeline feeds the lyric Conformer any number, whose attention grows with the square of it
+# (4,096 tokens peak at 5.6 GB in float32; 20,000 need 25.6 GB for one score tensor). We refuse more.
+MAX_LYRIC_TOKENS = 4096
 _STRUCTURE_TAG = re.compile(r"\[.*?\]")
 
 

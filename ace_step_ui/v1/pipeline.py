@@ -26,7 +26,7 @@ from ..audio import Audio, to_channels
 from ..errors import InputError
 from . import checkpoint, sampling
 from .autoencoder import LATENT_FRAMES_PER_SECOND, OUTPUT_SAMPLE_RATE, MusicDCAE, build_dcae
-from .lyrics import LyricTokenizer
+from .lyrics import MAX_LYRIC_TOKENS, LyricTokenizer
 from .text_encoder import TextEncoder
 from .transformer import ACEStepTransformer, TransformerConfig
 from .vocoder import HiFiGANVocoder, VocoderConfig
@@ -161,22 +161,29 @@ class V1Pipeline:
 
     # 2. conditions -------------------------------------------------------------------------------
 
-    def conditions(self, prompt: str, lyrics: str, batch_size: int, erg_tag: bool) -> Conditions:
+    def lyric_ids(self, lyrics: str, what: str) -> list[int]:
+        """Upstream's `tokenize_lyrics`, [] for no lyrics; `what` names them if they are too long."""
+        ids = self.lyric_tokenizer.encode(lyrics) if len(lyrics) > 0 else []
+        if len(ids) > MAX_LYRIC_TOKENS:
+            raise InputError(f"{what} make {len(ids):,} lyric tokens; ACE-Step v1 reads at most "
+                             f"{MAX_LYRIC_TOKENS:,} (the most it was trained on): shorten them")
+        return ids
+
+    def conditions(self, prompt: str, lyric_ids: list[int], batch_size: int, erg_tag: bool) -> Conditions:
         text_hidden, text_mask = self.text_encoder.encode(prompt)
         text_hidden_erg = None
         if erg_tag:
             text_hidden_erg = self.text_encoder.encode(prompt, erg_tag=True)[0].repeat(batch_size, 1, 1)
-        ids, mask = self.lyric_tensors(lyrics, batch_size)
+        ids, mask = self.lyric_tensors(lyric_ids, batch_size)
         return Conditions(text_hidden=text_hidden.repeat(batch_size, 1, 1),
                           text_mask=text_mask.repeat(batch_size, 1),
                           text_hidden_erg=text_hidden_erg,
                           speaker=torch.zeros(batch_size, SPEAKER_DIM, device=self.device, dtype=self.dtype),
                           lyric_ids=ids, lyric_mask=mask)
 
-    def lyric_tensors(self, lyrics: str, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def lyric_tensors(self, lyric_ids: list[int], batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         # Upstream feeds one masked [0] token for no lyrics at all.
-        ids = self.lyric_tokenizer.encode(lyrics) if len(lyrics) > 0 else [0]
-        mask = [1] * len(ids) if len(lyrics) > 0 else [0]
+        ids, mask = (lyric_ids, [1] * len(lyric_ids)) if lyric_ids else ([0], [0])
         as_batch = lambda values: torch.tensor([values], device=self.device).repeat(batch_size, 1)
         return as_batch(ids), as_batch(mask)
 
@@ -222,11 +229,15 @@ class V1Pipeline:
     def __call__(self, call: PipelineCall, on_step: StepCallback | None = None) -> PipelineOutput:
         task = "audio2audio" if call.audio2audio_enable and call.ref_audio is not None else call.task
         check_call(call, task)
+        # Lyrics are tokenised first: too many tokens are refused before any model runs.
+        lyric_ids = self.lyric_ids(call.lyrics, "the original lyrics" if task == "edit" else "the lyrics")
+        target_lyric_ids = (self.lyric_ids(call.edit_target_lyrics or "", "the lyrics") if task == "edit"
+                            else [])
         self.use_lora(call.lora_name_or_path, call.lora_weight)
         generators, seeds = self.generators(call.batch_size, call.manual_seeds)
         retake_generators, retake_seeds = self.generators(call.batch_size, call.retake_seeds)
         oss_steps = parse_oss_steps(call.oss_steps)
-        conditions = self.conditions(call.prompt, call.lyrics, call.batch_size, call.use_erg_tag)
+        conditions = self.conditions(call.prompt, lyric_ids, call.batch_size, call.use_erg_tag)
         if call.audio_duration <= 0:
             # Upstream's "random length": 30-240 s from Python's global RNG, drawn at this point.
             call = dataclasses.replace(call, audio_duration=random.uniform(30.0, 240.0))
@@ -235,8 +246,8 @@ class V1Pipeline:
         ref_latents = (self.encode_audio(call.ref_audio)
                        if call.ref_audio is not None and call.audio2audio_enable else None)
         if task == "edit":
-            target = self.conditions(call.edit_target_prompt or "", call.edit_target_lyrics or "",
-                                     call.batch_size, erg_tag=False)
+            target = self.conditions(call.edit_target_prompt or "", target_lyric_ids, call.batch_size,
+                                     erg_tag=False)
             latents = self.flow_edit(call, conditions, target, src_latents, retake_generators, on_step)
         else:
             repaint_start, repaint_end = call.repaint_start, call.repaint_end

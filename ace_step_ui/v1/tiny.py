@@ -5,19 +5,21 @@ Same four folders, file names, config fields and time math as `ACE-Step/ACE-Step
 task behave as with the real model; only the widths are tiny. The transformer is stored in
 bfloat16 like the released one, which exercises the 16-bit loading path. Two sizes are fixed by
 upstream's code and make most of the ~200 MB: the 1024-wide lyric Conformer and its embedding.
-The lyric vocabulary is not part of a checkpoint (see vocab.py).
+The lyric vocabulary is not part of a checkpoint (see vocab.py); `add_lyric_vocab` puts the
+machine's copy beside it.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import save_file
 
-from . import checkpoint
+from . import checkpoint, vocab
 
 TRANSFORMER_CONFIG = {
     "_class_name": checkpoint.TRANSFORMER_CLASS, "in_channels": 8, "num_layers": 20,
@@ -81,6 +83,19 @@ def write_tiny_checkpoint(folder: Path, seed: int = 0) -> Path:
     _save(folder, checkpoint.TEXT_ENCODER, umt5_config, stored_umt5(UMT5Config(**umt5_config)),
           torch.float32)
     return folder
+
+
+def add_lyric_vocab(folder: Path) -> Path | None:
+    """Copy the lyric vocabulary this machine has (ACE_STEP_LYRIC_VOCAB, else the Hugging Face cache)
+    to `folder/lyrics_utils/vocab.json`, where the pipeline looks, so the checkpoint runs offline;
+    returns the copy, or None when there is no vocabulary to copy. Never downloads."""
+    source = vocab.local_lyric_vocab()
+    if source is None:
+        return None
+    target = Path(folder) / vocab.BESIDE_CHECKPOINT
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source, target)
+    return target
 
 
 @torch.no_grad()

@@ -67,7 +67,15 @@ def is_checkpoint(folder: Path) -> bool:
 
 def resolve(model: str) -> Path:
     """The local folder of `model` (a folder, a Hub-cache folder or a Hub id), checked complete."""
-    root = local_checkpoint(model) or download(model)
+    # What AceStepPipeline.from_pretrained reads, as diffusers' own download picks it: the index, each
+    # component's config and safetensors weights (whole or sharded; no precision variants, .bin or
+    # .onnx copies), the tokenizer and scheduler folders. Nothing else of a repo is downloaded.
+    files = ("model_index.json", "*/config.json",
+             "*/diffusion_pytorch_model.safetensors", "*/diffusion_pytorch_model.safetensors.index.json",
+             "*/diffusion_pytorch_model-*-of-*.safetensors",
+             "*/model.safetensors", "*/model.safetensors.index.json", "*/model-*-of-*.safetensors",
+             "tokenizer/*", "scheduler/*")
+    root = local_checkpoint(model) or download(model, allow_patterns=files)
     index = read_json(root / "model_index.json")
     if index.get("_class_name") != PIPELINE_CLASS:
         require_files(root, ["model_index.json"], model)
@@ -174,11 +182,16 @@ class AceStep15Engine:
         if reference is not None:
             raise _needs_v1("audio-to-audio from a reference_audio", "or clear reference_audio")
         settings = self._settings(request)
+        # diffusers sizes its noise from latent_length / latents_per_second, which rounds one frame
+        # too long for some lengths (1.113 s: 28 frames, noise 29); we draw the same noise at its length.
+        latent_frames = math.ceil(request.duration * self.pipe.latents_per_second)
+        shape = (1, latent_frames, self.pipe.transformer.config.audio_acoustic_hidden_dim)
+        latents = blended_noise(shape, seed, seed, 0.0, self.pipe.device, self.pipe.transformer.dtype)
         wave = self._run(request, settings, seed, on_step, total_steps=settings["num_inference_steps"],
-                         audio_duration=request.duration,
-                         generator=torch.Generator(device=self.pipe.device).manual_seed(seed))
+                         audio_duration=request.duration, latents=latents)
         frames = audio_ops.seconds_to_frames(request.duration, self.sample_rate)
-        return EngineOutput(Audio(_fit(wave, frames), self.sample_rate), settings)
+        return EngineOutput(Audio(_fit(wave, frames), self.sample_rate),
+                            {**settings, "latent_frames": latent_frames})
 
     def inpaint(self, request: InpaintRequest, source: Audio, start_s: float, end_s: float,
                 seed: int, retake_seed: int, on_step: StepCallback) -> EngineOutput:
