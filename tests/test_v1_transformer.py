@@ -9,7 +9,7 @@ import pytest
 import torch
 from v1_fixture import FIXTURE, refs
 
-from ace_step_ui.v1.transformer import ACEStepTransformer, TransformerConfig
+from ace_step_ui.v1.transformer import ACEStepTransformer, TransformerConfig, _patch_conv_as_matmul
 from ace_step_ui.v1.weights import build_on_meta, load_weights
 
 TOLERANCES = json.loads((FIXTURE / "tolerances.json").read_text())["recommended"]
@@ -180,9 +180,18 @@ def relative_rms(actual: torch.Tensor, expected: torch.Tensor) -> float:
     return ((actual.float() - expected).norm() / expected.norm()).item()
 
 
-def test_bfloat16_runs(tiny_v1_weights, monkeypatch):
-    # oneDNN 3.12's AMX bf16 conv (torch 2.13) gets proj_in's 8->2048 (16, 1) conv wrong (rel. error 1.1).
-    monkeypatch.setattr(torch.backends.mkldnn, "enabled", False)
+def test_the_patch_conv_as_a_matmul_equals_the_conv():
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(8, 2048, (16, 1), stride=(16, 1))
+    latents = torch.randn(2, 8, 16, 40)
+    expected = conv(latents)
+    assert (_patch_conv_as_matmul(conv, latents) - expected).abs().max() < 1e-5
+    # In bfloat16 on CPU it is what keeps the patch embedding right (oneDNN's AMX conv is not).
+    bf16 = _patch_conv_as_matmul(conv.to(torch.bfloat16), latents.to(torch.bfloat16))
+    assert relative_rms(bf16, expected) < 0.01
+
+
+def test_bfloat16_runs(tiny_v1_weights):
     config = read_config(tiny_v1_weights)
     model = load_weights(build_on_meta(lambda: ACEStepTransformer(config)),
                          transformer_dir(tiny_v1_weights) / "diffusion_pytorch_model.safetensors",
