@@ -21,7 +21,7 @@ from ..requests import BaseRequest, GenerateRequest
 from . import checkpoint
 from . import pipeline as pipeline_module
 from .autoencoder import LATENT_FRAMES_PER_SECOND
-from .pipeline import EDIT_PRESETS, PipelineCall, V1Pipeline
+from .pipeline import EDIT_PRESETS, PipelineCall, V1Pipeline, check_audio2audio_steps
 
 SAMPLE_RATE = 48000
 SAMPLING = frozenset({"number_of_steps", "scheduler", "guidance_type", "granularity_scale",
@@ -49,9 +49,11 @@ def honoured(model: str, task: str) -> frozenset[str]:
 
 def check_request(model: str, request: BaseRequest) -> None:
     """Refuse what v1 cannot run, before any audio is read or the model loaded."""
-    if isinstance(request, GenerateRequest) and request.reference_audio and request.variance > 0:
-        raise InputError("variance (a retake) and reference_audio (audio-to-audio) are two "
-                         "different ways to vary a song in ACE-Step v1; set only one of them")
+    if isinstance(request, GenerateRequest) and request.reference_audio:
+        if request.variance > 0:
+            raise InputError("variance (a retake) and reference_audio (audio-to-audio) are two "
+                             "different ways to vary a song in ACE-Step v1; set only one of them")
+        check_audio2audio_steps(request.audio2audio_strength, request.number_of_steps)
 
 
 def sampling_arguments(request: Any) -> dict[str, Any]:

@@ -609,9 +609,16 @@ def check_call(call: PipelineCall, task: str) -> None:
         raise InputError(f"guidance type must be apg, cfg or cfg_star, not '{call.cfg_type}'")
     if call.scheduler_type == "heun" and parse_oss_steps(call.oss_steps):
         raise InputError("oss_steps work with the euler and pingpong schedulers, not heun")
-    if task == "audio2audio" and int((1 - call.ref_audio_strength) * call.infer_step) < 1:
-        raise InputError("audio2audio runs (1 - strength) x steps steps; lower "
-                         "audio2audio_strength or raise the number of steps")
+    if task == "audio2audio":
+        check_audio2audio_steps(call.ref_audio_strength, call.infer_step)
+
+
+def check_audio2audio_steps(strength: float, steps: int) -> None:
+    """Audio-to-audio runs int((1 - strength) x steps) steps: refuse a request that runs none."""
+    if int((1 - strength) * steps) < 1:
+        raise InputError(f"audio-to-audio runs (1 - audio2audio_strength) x number_of_steps = "
+                         f"{(1 - strength) * steps:g} steps, less than one; lower "
+                         f"audio2audio_strength or raise number_of_steps")
 
 
 def upstream_params(call: PipelineCall, task: str, seeds: list[int], retake_seeds: list[int],
