@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import InputError, ModelUnavailableError
+from ..hub import hub_reachable
 
 LORA_WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
 LORA_SUFFIXES = (".lora_A.weight", ".lora_B.weight", ".lora_B.bias")
@@ -57,7 +58,9 @@ def download_lora(repo_id: str) -> Path:
                                         RevisionNotFoundError)
 
     try:
-        return Path(snapshot_download(repo_id, allow_patterns=[LORA_WEIGHTS_NAME]))
+        # Without a network, the cache alone and at once (see hub.hub_reachable).
+        return Path(snapshot_download(repo_id, allow_patterns=[LORA_WEIGHTS_NAME],
+                                      local_files_only=not hub_reachable(repo_id)))
     except HFValidationError:
         raise InputError(f"no LoRA file or folder at '{repo_id}', and it is not a Hugging Face "
                          f"repo id either") from None
