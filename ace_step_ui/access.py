@@ -18,7 +18,6 @@ from typing import Any, Iterable, Mapping
 from .errors import InputError
 
 SOURCE_PARAMS = ("audio", "audio_url", "reference_audio", "reference_audio_url")
-REMOTE_SCHEMES = ("https://", "http://", "data:")
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9_.-]+$")
 UPLOAD_HINT = "upload the file, or give an https:// URL or a data: URI"
 LORA_EXAMPLE = "ACE-Step/ACE-Step-v1-chinese-rap-LoRA"
@@ -72,7 +71,7 @@ class RemoteAccess:
             return path
         if not isinstance(value, str) or not value.strip():
             return value  # parse_request says what is wrong with it
-        if value.strip()[:8].lower().startswith(REMOTE_SCHEMES) or "://" in value[:16]:
+        if value.strip().lower().startswith("data:") or "://" in value[:16]:
             return value  # remote.py fetches it, or says which schemes it accepts
         if _inside(Path(value.strip()), [upload_folder, *self.allowed_folders]):
             return value
@@ -98,11 +97,11 @@ class RemoteAccess:
 
 def _inside(path: Path, folders: Iterable[Path]) -> bool:
     """Whether `path` (symlinks resolved) lies in one of `folders`."""
+    if not path.expanduser().is_absolute():
+        return False  # relative to wherever the server runs: never a caller's
     try:
         resolved = path.expanduser().resolve()
     except (OSError, RuntimeError, ValueError):
-        return False
-    if not path.is_absolute() and not path.expanduser().is_absolute():
         return False
     for folder in folders:
         try:
