@@ -1,7 +1,7 @@
 """Audio in one currency: a float32 tensor (channels, frames) plus its sample rate.
 
-Reading and writing files (with the generation metadata), resampling and splicing live here; the rest
-of the program passes `Audio` values around.
+Reading and writing files (with the generation metadata), resampling, crossfade curves and level
+matching live here; the rest of the program passes `Audio` values around.
 """
 
 from __future__ import annotations
@@ -14,7 +14,9 @@ import shutil
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
+from collections import deque
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from functools import lru_cache
@@ -33,6 +35,8 @@ FORMATS = ("wav", "flac", "mp3")
 SOFTWARE = "ACE-Step Playground"
 FFMPEG_TIMEOUT_S = 600
 MP3_SAMPLE_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
+# Frames per read or write call (2 MiB of stereo float32): no second whole copy of a file is made.
+BLOCK_FRAMES = 2 ** 18
 # Below -60 dBFS RMS a level estimate is mostly noise floor; matching to it would pump the gain.
 SILENCE_RMS = 1e-3
 # Containers libsndfile reads with its own quiet parsers; any other start may go to libmpg123.
@@ -72,14 +76,14 @@ def read_audio(path: str | Path) -> Audio:
     if path.stat().st_size == 0:
         raise InputError(f"'{path.name}' is empty (0 bytes): upload the audio file again")
     decoded = _decode_with_soundfile(path)
-    data, sample_rate = decoded if decoded is not None else _decode_with_ffmpeg(path)
-    if data.shape[0] == 0:
+    samples, sample_rate = decoded if decoded is not None else _decode_with_ffmpeg(path)
+    if samples.shape[1] == 0:
         raise InputError(f"'{path.name}' contains no audio samples: choose a file with sound in it")
-    if data.shape[0] > MAX_SOURCE_SECONDS * sample_rate:
+    if samples.shape[1] > MAX_SOURCE_SECONDS * sample_rate:
         limit = (f"{MAX_SOURCE_SECONDS // 60} minutes" if MAX_SOURCE_SECONDS % 60 == 0
                  else f"{MAX_SOURCE_SECONDS} s")
         raise InputError(f"'{path.name}' is longer than {limit}: trim it before uploading")
-    audio = Audio(torch.from_numpy(np.ascontiguousarray(data.T, dtype=np.float32)), int(sample_rate))
+    audio = Audio(samples, int(sample_rate))
     return to_stereo(audio) if audio.channels > 2 else audio
 
 
@@ -97,13 +101,42 @@ def _max_frames_to_decode(sample_rate: int) -> int:
     return MAX_SOURCE_SECONDS * sample_rate + 1
 
 
-def _decode_with_soundfile(path: Path) -> tuple[np.ndarray, int] | None:
+def _decode_with_soundfile(path: Path) -> tuple[torch.Tensor, int] | None:
     try:
-        with _quiet_for(path), sf.SoundFile(path) as f:
-            frames = min(f.frames, _max_frames_to_decode(f.samplerate))
-            return f.read(frames, dtype="float32", always_2d=True), f.samplerate
+        with _quiet_for(path), _FrontToBack(path) as f:
+            return _read_samples(f), f.samplerate
     except (sf.SoundFileError, RuntimeError, ValueError, OSError):
         return None
+
+
+class _FrontToBack(sf.SoundFile):
+    """A file read once from start to end, with no seek between reads."""
+
+    # soundfile seeks to where it stopped after every read of a seekable file, and libmpg123
+    # decodes the MP3 frames after a seek wrong (it restarts without the bit reservoir).
+    def seekable(self) -> bool:
+        return False
+
+
+def _read_samples(f: sf.SoundFile) -> torch.Tensor:
+    """(channels, frames) float32, read block by block into one tensor of the header's length."""
+    limit = _max_frames_to_decode(f.samplerate)
+    samples = torch.empty((f.channels, min(f.frames, limit)), dtype=torch.float32)
+    block = np.empty((BLOCK_FRAMES, f.channels), dtype=np.float32)
+    frames = 0
+    while frames < limit:
+        read = f.read(min(BLOCK_FRAMES, limit - frames), out=block)
+        if len(read) == 0:
+            break
+        if frames + len(read) > samples.shape[1]:  # more than the header said: grow by doubling
+            grown = torch.empty((f.channels, min(limit, max(2 * frames, frames + len(read)))),
+                                dtype=torch.float32)
+            grown[:, :frames] = samples[:, :frames]
+            samples = grown
+        samples.numpy()[:, frames:frames + len(read)] = read.T
+        frames += len(read)
+    # An MP3's frame count is an estimate from its size and bitrate; keep what actually decoded.
+    return samples if frames == samples.shape[1] else samples[:, :frames].clone()
 
 
 def _quiet_for(path: Path) -> ContextManager[None]:
@@ -139,7 +172,7 @@ def _stderr_muted() -> Iterator[None]:
             os.close(null)
 
 
-def _decode_with_ffmpeg(path: Path) -> tuple[np.ndarray, int]:
+def _decode_with_ffmpeg(path: Path) -> tuple[torch.Tensor, int]:
     ffmpeg = shutil.which("ffmpeg")
     if ffmpeg is None:
         raise InputError(f"could not read '{path.name}' as audio: install ffmpeg to read M4A/AAC "
@@ -152,26 +185,70 @@ def _decode_with_ffmpeg(path: Path) -> tuple[np.ndarray, int]:
         "-map", "0:a:0", "-t", str(MAX_SOURCE_SECONDS + 1),
         "-f", "wav", "-c:a", "pcm_f32le", "-bitexact", "-",
     ]
-    try:
-        result = subprocess.run(command, capture_output=True, timeout=FFMPEG_TIMEOUT_S, check=False)
-    except subprocess.TimeoutExpired:
-        raise InputError(f"could not read '{path.name}' as audio: ffmpeg took longer than "
-                         f"{FFMPEG_TIMEOUT_S} s; convert it to WAV/FLAC/MP3") from None
-    except OSError as error:
-        raise InputError(f"could not read '{path.name}' as audio: ffmpeg failed to start "
-                         f"({_one_line(str(error))}); convert it to WAV/FLAC/MP3") from None
-    if result.returncode != 0 or not result.stdout:
-        messages = result.stderr.decode(errors="replace").strip().splitlines()
-        reason = _one_line(messages[-1].replace(f"{source}: ", "")) if messages else "no audio"
-        raise InputError(f"could not read '{path.name}' as audio (ffmpeg: {reason}): "
-                         f"the file is damaged or not audio; convert it to WAV/FLAC/MP3")
-    try:
-        # ffmpeg writes 0xFFFFFFFF chunk sizes to a pipe; libsndfile then reads to the end.
-        data, sample_rate = sf.read(io.BytesIO(result.stdout), dtype="float32", always_2d=True)
-    except (sf.SoundFileError, RuntimeError, ValueError) as error:
-        raise InputError(f"could not read '{path.name}' as audio ({_one_line(str(error))}): "
-                         f"convert it to WAV/FLAC/MP3") from None
-    return data, sample_rate
+    # stderr into a file: a pipe, unread, could fill up and stall ffmpeg while we read its stdout.
+    with tempfile.TemporaryFile() as errors:
+        try:
+            process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=errors)
+        except OSError as error:
+            raise InputError(f"could not read '{path.name}' as audio: ffmpeg failed to start "
+                             f"({_one_line(str(error))}); convert it to WAV/FLAC/MP3") from None
+        timed_out = threading.Event()
+
+        def stop() -> None:
+            timed_out.set()
+            process.kill()
+
+        timer = threading.Timer(FFMPEG_TIMEOUT_S, stop)
+        timer.start()
+        try:
+            with process:
+                layout = _read_wav_layout(process.stdout)
+                if layout is not None:
+                    chunk_bytes = BLOCK_FRAMES * 4 * layout[0]
+                    chunks = deque(iter(lambda: process.stdout.read(chunk_bytes), b""))
+        finally:
+            timer.cancel()
+        if timed_out.is_set():
+            raise InputError(f"could not read '{path.name}' as audio: ffmpeg took longer than "
+                             f"{FFMPEG_TIMEOUT_S} s; convert it to WAV/FLAC/MP3")
+        if process.returncode != 0 or layout is None:
+            errors.seek(0)
+            messages = errors.read().decode(errors="replace").strip().splitlines()
+            reason = _one_line(messages[-1].replace(f"{source}: ", "")) if messages else "no audio"
+            raise InputError(f"could not read '{path.name}' as audio (ffmpeg: {reason}): "
+                             f"the file is damaged or not audio; convert it to WAV/FLAC/MP3")
+    channels, sample_rate = layout
+    return _samples_from_float32_chunks(chunks, channels), sample_rate
+
+
+def _read_wav_layout(stream: io.BufferedReader) -> tuple[int, int] | None:
+    """(channels, sample rate) from a WAV header on a pipe, read up to the first sample; None when
+    the stream ends first. ffmpeg writes 0xFFFFFFFF as the sizes, so the samples run to the end."""
+    if stream.read(12)[8:12] != b"WAVE":
+        return None
+    layout = None
+    while len(head := stream.read(8)) == 8:
+        chunk_id, size = struct.unpack("<4sI", head)
+        if chunk_id == b"data":
+            return layout
+        body = stream.read(size + size % 2)
+        if chunk_id == b"fmt " and len(body) >= 8:
+            channels, sample_rate = struct.unpack("<HI", body[2:8])
+            layout = (channels, sample_rate) if channels else None
+    return None
+
+
+def _samples_from_float32_chunks(chunks: deque[bytes], channels: int) -> torch.Tensor:
+    """(channels, frames) from interleaved little-endian float32 chunks of whole frames. Each chunk
+    is freed once copied, so the samples are held about once at a time, not twice."""
+    samples = torch.empty((channels, sum(map(len, chunks)) // (4 * channels)), dtype=torch.float32)
+    frames = 0
+    while chunks:
+        chunk = chunks.popleft()
+        block = np.frombuffer(chunk, "<f4", len(chunk) // (4 * channels) * channels)
+        samples.numpy()[:, frames:frames + len(block) // channels] = block.reshape(-1, channels).T
+        frames += len(block) // channels
+    return samples
 
 
 def _one_line(text: str) -> str:
@@ -270,17 +347,28 @@ def encode_audio(path: Path, audio: Audio, fmt: str, metadata: Mapping[str, Any]
     _check_format(fmt)
     comment = json.dumps(dict(metadata), ensure_ascii=False)
     genre = str(metadata.get("tags", ""))
-    data = audio.samples.detach().to("cpu", torch.float32).numpy().T
     if fmt == "wav":
-        sf.write(path, data, audio.sample_rate, format="WAV", subtype="FLOAT")
+        with sf.SoundFile(path, "w", audio.sample_rate, audio.channels, format="WAV",
+                          subtype="FLOAT") as f:
+            _write_samples(f, audio.samples)
         _append_riff_info(path, {b"ICMT": comment, b"IGNR": genre, b"ISFT": SOFTWARE})
     elif fmt == "flac":
         with sf.SoundFile(path, "w", audio.sample_rate, audio.channels, format="FLAC",
                           subtype="PCM_24") as f:
             f.comment, f.genre, f.software = comment, genre, SOFTWARE
-            f.write(np.clip(data, -1.0, 1.0))
+            _write_samples(f, audio.samples, clip=True)
     else:
-        path.write_bytes(_id3v24_tag(comment, genre) + _encode_mp3(audio))
+        encoded = _encode_mp3(audio)
+        with open(path, "wb") as f:  # two writes, not a concatenated copy of the encoded file
+            f.write(_id3v24_tag(comment, genre))
+            f.write(encoded)
+
+
+def _write_samples(f: sf.SoundFile, samples: torch.Tensor, clip: bool = False) -> None:
+    """(channels, frames) block by block: only one block at a time is moved, transposed, clipped."""
+    for start in range(0, samples.shape[-1], BLOCK_FRAMES):
+        block = samples[:, start:start + BLOCK_FRAMES].detach().to("cpu", torch.float32).numpy().T
+        f.write(np.clip(block, -1.0, 1.0) if clip else block)
 
 
 def _check_format(fmt: str) -> None:
@@ -292,10 +380,10 @@ def _encode_mp3(audio: Audio) -> bytes:
     if audio.sample_rate not in MP3_SAMPLE_RATES:
         audio = resample_audio(audio, 44100)
     buffer = io.BytesIO()
-    data = np.clip(audio.samples.detach().to("cpu", torch.float32).numpy().T, -1.0, 1.0)
     # compression_level 0.0 with a constant bitrate is LAME's 320 kbps; 1.0 is rejected by libsndfile.
-    sf.write(buffer, data, audio.sample_rate, format="MP3", subtype="MPEG_LAYER_III",
-             bitrate_mode="CONSTANT", compression_level=0.0)
+    with sf.SoundFile(buffer, "w", audio.sample_rate, audio.channels, format="MP3",
+                      subtype="MPEG_LAYER_III", bitrate_mode="CONSTANT", compression_level=0.0) as f:
+        _write_samples(f, audio.samples, clip=True)
     return buffer.getvalue()
 
 
@@ -422,26 +510,6 @@ def equal_power_fades(frames: int) -> tuple[torch.Tensor, torch.Tensor]:
     # Sampled at frame centres: the curves are mirror images and no frame is wasted at 0 or 1.
     phase = (torch.arange(frames, dtype=torch.float64) + 0.5) * (math.pi / 2 / max(frames, 1))
     return torch.cos(phase).float(), torch.sin(phase).float()
-
-
-def splice(original: torch.Tensor, replacement: torch.Tensor, start: int, end: int,
-           fade_frames: int) -> torch.Tensor:
-    """`original` outside [start, end), `replacement` inside, with equal-power crossfades of
-    min(fade_frames, (end - start) // 2) frames just inside each edge of the range."""
-    if original.shape != replacement.shape:
-        raise ValueError(f"shapes differ: {tuple(original.shape)} and {tuple(replacement.shape)}")
-    if not 0 <= start <= end <= original.shape[-1]:
-        raise ValueError(f"range [{start}, {end}) is outside 0..{original.shape[-1]} frames")
-    fade = max(0, min(fade_frames, (end - start) // 2))
-    result = original.clone()
-    result[..., start:end] = replacement[..., start:end]
-    if fade:
-        fade_out, fade_in = (curve.to(original.device, original.dtype)
-                             for curve in equal_power_fades(fade))
-        head, tail = slice(start, start + fade), slice(end - fade, end)
-        result[..., head] = original[..., head] * fade_out + replacement[..., head] * fade_in
-        result[..., tail] = replacement[..., tail] * fade_out + original[..., tail] * fade_in
-    return result
 
 
 def level_match_gain(reference: torch.Tensor, rendered: torch.Tensor,

@@ -49,7 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--input", required=True, help="the request as JSON, or @file.json")
     run.add_argument("--output-dir", required=True, type=Path)
     run.add_argument("--model", default=DEFAULT_MODEL, help="Hub model id or checkpoint folder")
-    run.add_argument("--format", default="wav", choices=FORMATS)
+    run.add_argument("--format", default="wav", choices=FORMATS,
+                     help="wav (32-bit float) and flac (24-bit; exact for 16- and 24-bit sources) keep "
+                          "the audio outside an edited range bit-exact; mp3 (320 kbps) is lossy")
     run.add_argument("--device", default="auto", type=device_option,
                      help="auto, cpu, cuda, cuda:N or mps")
     run.add_argument("--dtype", default="auto", choices=("auto", *DTYPES))

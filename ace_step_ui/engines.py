@@ -46,6 +46,8 @@ class EngineOutput:
     # Parameters the engine honours for the task but did not use on this run (e.g. a retake seed
     # when nothing was retaken); they are reported as ignored.
     unused: frozenset[str] = frozenset()
+    # `extend` only: the seconds of new audio the output starts and ends with.
+    extension_s: tuple[float, float] = (0.0, 0.0)
 
 
 class Engine(Protocol):
@@ -59,11 +61,17 @@ class Engine(Protocol):
                  on_step: StepCallback, reference: Audio | None = None) -> EngineOutput:
         """A song from `request`; with `reference`, audio-to-audio from that track."""
 
-    def inpaint(self, request: InpaintRequest, source: Audio, start_s: float, end_s: float,
-                seed: int, retake_seed: int, on_step: StepCallback) -> EngineOutput: ...
+    def repaint(self, request: InpaintRequest, window: Audio, start_s: float, end_s: float,
+                seed: int, retake_seed: int, on_step: StepCallback) -> EngineOutput:
+        """`window`, a stretch of the source, re-rendered with [start_s, end_s) of it made anew
+        (edits.py cuts the window and splices the result into the original)."""
 
-    def outpaint(self, request: OutpaintRequest, source: Audio, seed: int, retake_seed: int,
-                 on_step: StepCallback) -> EngineOutput: ...
+    extends_both_sides: bool  # whether one `extend` call can add audio before and after
+
+    def extend(self, request: OutpaintRequest, context: Audio, before_s: float, after_s: float,
+               seed: int, retake_seed: int, on_step: StepCallback) -> EngineOutput:
+        """[new][`context` re-rendered][new]: up to `before_s` / `after_s` of new audio, the
+        seconds actually made in `extension_s` (edits.py fits them to the request)."""
 
     def edit(self, request: EditRequest, source: Audio, seed: int, retake_seed: int,
              on_step: StepCallback) -> EngineOutput:

@@ -26,6 +26,10 @@ TASKS = ("generate", "inpaint", "outpaint", "edit")
 INSTRUMENTAL_MARKERS = ("[inst]", "[instrumental]")
 MIN_EDIT_SECONDS = 1.0
 MAX_EDIT_SECONDS = 240.0  # the hosted APIs' per-call limit
+CONTEXT_SECONDS = 30.0
+CONTEXT_HELP = ("Seconds of the original the model hears next to the edit, on each side (within the "
+                "240 s it hears at once); more follows the song more closely and costs more time. "
+                "The rest of the track is not processed.")
 MAX_OSS_STEPS = 200  # entries, as many as number_of_steps allows
 MAX_OSS_STEP = 1000  # the schedulers' training timesteps: a longer base schedule only repeats them
 MAX_OSS_STEPS_CHARS = 10 * MAX_OSS_STEPS  # the text form: "1000.0, " fits in 10 characters an entry
@@ -151,6 +155,12 @@ class InpaintRequest(SourceRequest):
                                                 "track.", choices=("start", "end"))
     variance: float = _param(0.5, "How far the new range may drift from the original (0–1).",
                              minimum=0.0, maximum=1.0)
+    context_duration: float = _param(CONTEXT_SECONDS, CONTEXT_HELP, minimum=0.0,
+                                     maximum=MAX_EDIT_SECONDS, advanced=True)
+    crossfade_duration: float = _param(0.05, "Equal-power crossfade, in seconds, just inside each "
+                                             "edge of the range (at most half the range); outside "
+                                             "the range every sample is the original's.",
+                                       minimum=0.0, maximum=10.0, advanced=True)
 
     task = "inpaint"
 
@@ -161,6 +171,8 @@ class OutpaintRequest(SourceRequest):
                                            minimum=0.0, maximum=240.0)
     extend_after_duration: float = _param(30.0, "Seconds of new audio after the track.",
                                           minimum=0.0, maximum=240.0)
+    context_duration: float = _param(CONTEXT_SECONDS, CONTEXT_HELP, minimum=1.0,
+                                     maximum=MAX_EDIT_SECONDS, advanced=True)
 
     task = "outpaint"
 

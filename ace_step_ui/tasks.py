@@ -2,6 +2,7 @@
 
 1. validate the request, and check that the model's family can run it (no heavy work before);
 2. fetch and read the source (and reference) audio, resolve the edited range against its duration;
+   inpaint and outpaint then run on a window of it and splice the result back (edits.py);
 3. pick the seeds;
 4. load the model (first use only) and run the task on it, one job at a time;
 5. describe what ran: the seeds used, the values the engine applied, the parameters it ignored.
@@ -22,6 +23,7 @@ from typing import Any, Callable, Mapping
 
 import torch
 
+from . import edits
 from .audio import FORMATS, Audio, encode_audio, read_audio
 from .engines import DEFAULT_MODEL, EngineManager, StepCallback, family_for
 from .errors import Cancelled, InputError
@@ -90,6 +92,9 @@ def run(task: str, payload: Mapping[str, Any], manager: EngineManager, model: st
             source_info["range_s"] = list(edit_range)
             if fitted:
                 source_info["fitted"] = fitted
+        if isinstance(request, EditRequest):
+            assert source is not None
+            edits.check_edit_source(source)
 
         seed = resolve_seed(request.seed)
         retake_seed = request.retake_seed if request.retake_seed >= 0 else derive_retake_seed(seed)
@@ -105,13 +110,13 @@ def run(task: str, payload: Mapping[str, Any], manager: EngineManager, model: st
                 output = engine.generate(request, seed, retake_seed, step, reference=reference)
             elif isinstance(request, InpaintRequest):
                 assert source is not None and edit_range is not None
-                output = engine.inpaint(request, source, *edit_range, seed, retake_seed, step)
+                output = edits.inpaint(engine, request, source, *edit_range, seed, retake_seed, step)
             elif isinstance(request, EditRequest):
                 assert source is not None
                 output = engine.edit(request, source, seed, retake_seed, step)
             else:
                 assert isinstance(request, OutpaintRequest) and source is not None
-                output = engine.outpaint(request, source, seed, retake_seed, step)
+                output = edits.outpaint(engine, request, source, seed, retake_seed, step)
             finished = time.perf_counter()
 
     honoured = engine.honoured(task) - output.unused

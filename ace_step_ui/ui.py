@@ -468,8 +468,10 @@ def build_app(manager: EngineManager, default_model: str, models: list[str],
             model = gr.Dropdown(choices, value=default_model, label="Model", elem_id="model",
                                 scale=3, info="The models this server offers; a model loads on "
                                               "its first run (downloading it if needed).")
-            fmt = gr.Radio(list(FORMATS), value="wav", label="Format",
-                           info="File format of the result.", elem_id="format", scale=1)
+            fmt = gr.Radio(list(FORMATS), value="wav", label="Format", elem_id="format", scale=1,
+                           info="File format of the result. WAV and FLAC keep the audio outside an "
+                                "edited range bit-exact (FLAC for 16- and 24-bit sources); MP3 is "
+                                "lossy.")
 
         with gr.Tabs() as tab_group:
             with gr.Tab("Generate", id="generate"):

@@ -30,6 +30,7 @@ from ace_step_ui.engines import EngineManager  # noqa: E402
 from ace_step_ui.v1.pipeline import V1Pipeline  # noqa: E402
 from test_v1_parity import extends_both_sides, pipeline_call  # noqa: E402
 from v1_fixture import FIXTURE, cases, lyric_vocab, materialise, refs  # noqa: E402
+from v1_upstream import run_call  # noqa: E402
 
 TASKS = {
     "generate": {"tags": "lofi, piano", "lyrics": "[verse]\nlate night rain", "duration": 10.0},
@@ -69,7 +70,7 @@ def print_cases(pipeline: V1Pipeline, root: Path) -> None:
     for case in sorted(cases()):
         torch.manual_seed(0)
         random.seed(0)
-        out, wall, _ = timed(lambda: pipeline(pipeline_call(case, root)))
+        (out, _), wall, _ = timed(lambda: run_call(pipeline, pipeline_call(case, root)))
         reference = refs(case)["final_latents.000"]
         if extends_both_sides(case):
             print(f"{case:30} {'(fixed: ' + str(out.latents.shape[-1]) + ' frames)':>25} {wall:7.1f}")

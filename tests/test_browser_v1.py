@@ -36,23 +36,10 @@ ADVANCED_VALUES: dict[str, Any] = {
     "guidance_interval_decay": 0.5, "guidance_scale": 12.5, "minimum_guidance_scale": 2.5,
     "tag_guidance_scale": 4.5, "lyric_guidance_scale": 1.2, "use_erg_tag": False,
     "use_erg_lyric": False, "use_erg_diffusion": False, "oss_steps": "1, 2", "lora_scale": 0.7,
-    "variance": 0.3, "audio2audio_strength": 0.6,
+    "variance": 0.3, "audio2audio_strength": 0.6, "context_duration": 2.5, "crossfade_duration": 0.2,
 }
 # The request value each typed value becomes, where it differs.
 AS_SENT = {"oss_steps": [1, 2]}
-# Where the engine's effective params show each value (upstream's names).
-ENGINE_KEYS = {
-    "number_of_steps": "infer_step", "scheduler": "scheduler_type", "guidance_type": "cfg_type",
-    "granularity_scale": "omega_scale", "guidance_interval": "guidance_interval",
-    "guidance_interval_decay": "guidance_interval_decay", "guidance_scale": "guidance_scale",
-    "minimum_guidance_scale": "min_guidance_scale", "tag_guidance_scale": "guidance_scale_text",
-    "lyric_guidance_scale": "guidance_scale_lyric", "use_erg_tag": "use_erg_tag",
-    "use_erg_lyric": "use_erg_lyric", "use_erg_diffusion": "use_erg_diffusion",
-    "oss_steps": "oss_steps", "lora": "lora_name_or_path", "lora_scale": "lora_weight",
-    "variance": "retake_variance", "audio2audio_strength": "ref_audio_strength",
-}
-
-
 def applied_advanced(task: str) -> list[str]:
     """The Advanced parameters of `task` that v1 applies: the ones its tab must show."""
     return [name for name, spec in schema(task).items()
@@ -150,9 +137,9 @@ def check_applied(params: dict[str, Any], task: str, values: dict[str, Any]) -> 
         if name == "retake_seed":
             assert params["retake_seed"] == value and engine["retake_seeds"] == [value]
         elif name == "reference_audio":
-            assert engine["audio2audio_enable"] is True
+            assert engine["task"] == "audio2audio"
         elif name != "audio":
-            assert engine[ENGINE_KEYS[name]] == sent, name
+            assert engine[name] == sent, name
 
 
 def values_for(task: str, lora_dir: str, leave_out: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -206,8 +193,8 @@ def test_inpaint_applies_every_advanced_parameter(page, sine_wav, lora_dir, tmp_
     check_applied(params, "inpaint", {**values, "audio": sine_wav, "variance": 0.7})
     assert params["range_s"] == [1, 2.5]
     engine = params["engine"]
-    assert (engine["task"], engine["repaint_start"], engine["repaint_end"]) == ("repaint", 1, 2.5)
-    assert params["duration_s"] == pytest.approx(4, abs=FRAME_S)
+    assert (engine["task"], engine["region_frames"]) == ("repaint", [10, 26])  # 1-2.5 s, as upstream
+    assert params["duration_s"] == 4
 
 
 def test_outpaint_applies_every_advanced_parameter(page, sine_wav, lora_dir, tmp_path):
@@ -222,8 +209,11 @@ def test_outpaint_applies_every_advanced_parameter(page, sine_wav, lora_dir, tmp
     page.screenshot(path=tmp_path / "outpaint.png", full_page=True)
     check_applied(params, "outpaint", {**values, "audio": sine_wav})
     engine = params["engine"]
-    assert (engine["task"], engine["repaint_start"], engine["repaint_end"]) == ("extend", -0.5, 5)
-    assert params["duration_s"] == pytest.approx(4 + 0.5 + 1, abs=3 * FRAME_S)
+    # 2.5 s of context, less than the 4 s source: one side a pass, each next to its end
+    assert engine["task"] == "extend"
+    assert [(side["context_s"], side["new_s"]) for side in engine["passes"]] == [
+        ([0, 2.5], [0.5, 0]), ([1.5, 4], [0, 1])]
+    assert params["duration_s"] == 4 + 0.5 + 1
 
 
 def test_edit_applies_every_advanced_parameter(page, sine_wav, lora_dir, tmp_path):
@@ -243,7 +233,7 @@ def test_edit_applies_every_advanced_parameter(page, sine_wav, lora_dir, tmp_pat
     assert params["lyrics"] == "[verse]\nnew words"
     engine = params["engine"]
     assert (engine["task"], engine["edit_n_min"], engine["edit_n_max"]) == ("edit", 0.6, 1.0)
-    assert params["duration_s"] == pytest.approx(4, abs=FRAME_S)
+    assert params["duration_s"] == 4
 
 
 def test_a_1_5_model_hides_the_v1_only_fields(page):

@@ -216,12 +216,13 @@ def test_advanced_shows_what_the_model_honours(tiny_v15, tiny_v15_base):
     assert {"use_erg_tag", "use_erg_lyric", "use_erg_diffusion", "oss_steps", "lora", "lora_scale",
             "variance", "reference_audio", "audio2audio_strength", "scheduler"} <= set(v1)
     assert visible_advanced(str(tiny_v15), "generate") == ["number_of_steps"]
-    assert visible_advanced(str(tiny_v15), "inpaint") == ["retake_seed", "number_of_steps"]
+    assert visible_advanced(str(tiny_v15), "inpaint") == ["retake_seed", "number_of_steps",
+                                                          "context_duration", "crossfade_duration"]
     guided = ["number_of_steps", "guidance_interval", "guidance_scale"]
     assert visible_advanced(str(tiny_v15_base), "generate") == guided
     assert visible_advanced("ACE-Step/acestep-v15-xl-base-diffusers", "generate") == guided
     assert visible_advanced("ACE-Step/acestep-v15-xl-turbo-diffusers", "outpaint") == [
-        "number_of_steps"]
+        "number_of_steps", "context_duration"]
 
 
 def test_stop_ends_the_running_job(served, client):

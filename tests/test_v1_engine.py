@@ -1,8 +1,9 @@
 """ACE-Step v1 through the request path: the CLI as users run it, the request mapping, the fixes.
 
 The CLI cases replay fixture cases from hosted-style requests: with the fixture's weights, the same
-seeds and settings, our 32-bit float WAV and `--save-latents` output must equal upstream's
-recording within the fixture's tolerances.
+seeds and settings, our `--save-latents` output must equal upstream's recording within the fixture's
+tolerances, and our 32-bit float WAV must be upstream's audio where it makes new audio and the
+source, bit for bit, everywhere else, at exactly the length asked for.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from ace_step_ui.errors import InputError
 from ace_step_ui.v1 import vocab
 from ace_step_ui.v1.autoencoder import LATENT_FRAMES_PER_SECOND
 from ace_step_ui.v1.engine import TASK_PARAMS
-from ace_step_ui.v1.pipeline import MAX_FRAMES, extend_window
+from ace_step_ui.v1.pipeline import extend_latents
 from v1_fixture import FIXTURE, call_kwargs, refs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -73,6 +74,34 @@ def requests_for(root: Path) -> dict[str, tuple[str, dict]]:
     }
 
 
+def upstream_audio_in(ours: Audio, case: str, source: Audio, sidecar: dict):
+    """Check the exact lengths and the source's own samples; return (ours, upstream's, gain) pairs
+    of the parts that are upstream's audio (level-matched by `gain` where spliced into a source)."""
+    reference = read_audio(FIXTURE / case / "output.wav").samples
+    rate = 48000
+    if case == "t2m_euler_apg":  # 5 s asked: upstream's 53 frames (4.92 s), then silence
+        assert ours.frames == 5 * rate
+        assert not ours.samples[:, reference.shape[-1]:].any()
+        return [(ours.samples[:, :reference.shape[-1]], reference, 1.0)]
+    if case == "edit_lyrics":  # the source's length
+        assert ours.frames == source.frames
+        return [(ours.samples, reference[:, :source.frames], 1.0)]
+    gain = sidecar["engine"]["gain"] if case == "repaint_1_3s" else sidecar["engine"]["passes"][0]["gain"]
+    if case == "repaint_1_3s":
+        start, end = rate, 3 * rate
+        fade = round(sidecar["engine"]["crossfade_s"] * rate)
+        assert ours.frames == source.frames
+        assert torch.equal(ours.samples[:, :start], source.samples[:, :start])
+        assert torch.equal(ours.samples[:, end:], source.samples[:, end:])
+        return [(ours.samples[:, start + fade:end - fade], reference[:, start + fade:end - fade], gain)]
+    # extend_left_2s: 2 s asked, upstream makes 21 frames (1.95 s); silence before them
+    made = round(21 / LATENT_FRAMES_PER_SECOND * rate)
+    assert ours.frames == 2 * rate + source.frames
+    assert torch.equal(ours.samples[:, 2 * rate:], source.samples)
+    assert not ours.samples[:, :2 * rate - made].any()
+    return [(ours.samples[:, 2 * rate - made:2 * rate], reference[:, :made], gain)]
+
+
 @pytest.mark.parametrize("case", ["t2m_euler_apg", "repaint_1_3s", "extend_left_2s", "edit_lyrics"])
 def test_cli_reproduces_upstream_audio_and_latents(tiny_v1, v1_fixture_root, tmp_path, case):
     task, request = requests_for(v1_fixture_root)[case]
@@ -80,8 +109,14 @@ def test_cli_reproduces_upstream_audio_and_latents(tiny_v1, v1_fixture_root, tmp
                                    tmp_path, "--model", tiny_v1, "--format", "wav", "--device",
                                    "cpu", "--save-latents")
     ours, reference = read_audio(audio_path), read_audio(FIXTURE / case / "output.wav")
-    assert ours.sample_rate == 48000 and ours.samples.shape == reference.samples.shape
-    assert float((ours.samples - reference.samples).abs().max()) <= TOLERANCES["WAV end to end"]["atol"]
+    sidecar = json.loads(Path(audio_path).with_suffix(".json").read_text())
+    source = read_audio(SOURCE)
+    assert ours.sample_rate == reference.sample_rate == source.sample_rate == 48000
+    new = upstream_audio_in(ours, case, source, sidecar)
+    atol = TOLERANCES["WAV end to end"]["atol"]
+    for (ours_part, upstream_part, gain) in new:
+        assert ours_part.shape == upstream_part.shape
+        assert float((ours_part - upstream_part * gain).abs().max()) <= atol * max(1.0, gain)
 
     assert Path(latents_path) == Path(audio_path).with_suffix(".latents.safetensors")
     saved = load_file(latents_path)
@@ -90,9 +125,8 @@ def test_cli_reproduces_upstream_audio_and_latents(tiny_v1, v1_fixture_root, tmp
     assert saved["latents"].shape == expected.shape
     assert float((saved["latents"] - expected).abs().max()) <= TOLERANCES["final_latents"]["atol"]
 
-    sidecar = json.loads(Path(audio_path).with_suffix(".json").read_text())
     assert sidecar["seed"] == request["seed"]
-    assert sidecar["engine"]["actual_seeds"] == [request["seed"]]
+    assert sidecar["engine"]["seeds"] == [request["seed"]]
     if "retake_seed" in request:
         assert sidecar["retake_seed"] == request["retake_seed"]
         assert sidecar["engine"]["retake_seeds"] == [request["retake_seed"]]
@@ -113,6 +147,24 @@ def run(manager, model, task, **payload):
     return tasks.run(task, {**base, **payload}, manager, str(model))
 
 
+@pytest.mark.parametrize("case", ["repaint_0p5_4p2s_v08", "extend_right_2s"])
+def test_when_the_track_fits_in_the_window_the_latents_are_upstreams(manager, tiny_v1, v1_fixture_root,
+                                                                    case):
+    call = call_kwargs(case, v1_fixture_root)
+    source = read_audio(SOURCE)
+    if call["task"] == "repaint":
+        task, fields = "inpaint", {"start_time": call["repaint_start"],
+                                   "end_time": call["repaint_end"], "variance": call["retake_variance"]}
+    else:
+        task, fields = "outpaint", {"extend_before_duration": 0.0,
+                                    "extend_after_duration": call["repaint_end"] - source.duration_s}
+    result = tasks.run(task, {**upstream_settings(case, v1_fixture_root), **fields, "audio": str(SOURCE),
+                              "retake_seed": int(call["retake_seeds"])}, manager, str(tiny_v1))
+    expected = refs(case)["final_latents.000"]
+    assert result.latents.shape == expected.shape
+    assert float((result.latents - expected).abs().max()) <= TOLERANCES["final_latents"]["atol"]
+
+
 def test_v1_is_the_default_model_and_its_family():
     assert DEFAULT_MODEL == "ACE-Step/ACE-Step-v1-3.5B"
     assert family_for(DEFAULT_MODEL).name == "ACE-Step v1"
@@ -124,10 +176,11 @@ def test_generate_variance_is_a_retake_and_zero_is_plain_text2music(manager, tin
     retake = run(manager, tiny_v1, "generate", duration=2.0, variance=0.3, retake_seed=99)
     other = run(manager, tiny_v1, "generate", duration=2.0, variance=0.3, retake_seed=100)
     assert plain.params["engine"]["task"] == "text2music"
+    assert plain.audio.frames == 2 * 48000  # exactly the duration asked for
     assert "retake_seed" not in plain.params and again.params["ignored_params"] == ["retake_seed"]
     assert torch.equal(plain.audio.samples, again.audio.samples)  # no variance: retake seed unused
     assert retake.params["engine"]["task"] == "retake"
-    assert retake.params["engine"]["retake_variance"] == 0.3
+    assert retake.params["engine"]["variance"] == 0.3
     assert not torch.equal(plain.audio.samples, retake.audio.samples)
     assert not torch.equal(retake.audio.samples, other.audio.samples)
     frames = int(2.0 * LATENT_FRAMES_PER_SECOND)
@@ -146,8 +199,9 @@ def test_reference_audio_runs_audio2audio(manager, tiny_v1):
     result = run(manager, tiny_v1, "generate", duration=2.0, reference_audio=str(SOURCE),
                  audio2audio_strength=0.6, number_of_steps=5)
     assert result.params["engine"]["task"] == "audio2audio"
-    assert result.params["engine"]["ref_audio_strength"] == 0.6
+    assert result.params["engine"]["audio2audio_strength"] == 0.6
     assert result.latents.shape[-1] == 54  # the reference's length, as upstream
+    assert result.audio.frames == read_audio(SOURCE).frames  # and exactly its length
     with pytest.raises(InputError, match="set only one"):
         run(manager, tiny_v1, "generate", duration=2.0, reference_audio=str(SOURCE), variance=0.2)
 
@@ -173,7 +227,9 @@ def test_inpaint_of_a_mono_file_encodes_it_as_upstream_does(manager, tiny_v1, tm
     dual = run(manager, tiny_v1, "inpaint", audio=str(dual_path), start_time=1.0, end_time=2.5)
     assert mono.params["source"]["channels"] == 1
     assert torch.equal(mono.latents, dual.latents)
-    assert mono.audio.channels == 2 and mono.audio.sample_rate == 48000
+    # the result keeps the source's one channel, and every sample outside the range
+    assert mono.audio.channels == 1 and mono.audio.sample_rate == 48000
+    assert torch.equal(mono.audio.samples[:, :48000], stereo.samples[:1, :48000])
 
 
 def test_outpaint_longer_than_the_source_works(manager, tiny_v1, tmp_path):
@@ -188,31 +244,16 @@ def test_outpaint_longer_than_the_source_works(manager, tiny_v1, tmp_path):
     assert result.latents.shape[-1] == -left + source_frames + (right - source_frames)
 
 
-def test_extend_window_pads_each_side_by_what_was_asked():
+def test_extend_latents_pad_each_side_by_what_was_asked():
     src, seed_noise, retake = torch.ones(1, 8, 16, 54), torch.zeros(1, 8, 16, 54), torch.rand(1, 8, 16, 54)
-    window = extend_window(src, seed_noise, retake, start_frame=-10, end_frame=86)
+    window = extend_latents(src, seed_noise, retake, left=10, right=32, first_step=0)
     assert window.x0.shape[-1] == 10 + 54 + 32
     assert torch.equal(window.mask[..., :10], torch.ones(1, 8, 16, 10))
     assert torch.equal(window.mask[..., -32:], torch.ones(1, 8, 16, 32))
     assert window.mask[..., 10:64].sum() == 0
     assert torch.equal(window.z0[..., :10], retake[..., :10])
     assert torch.equal(window.z0[..., -32:], retake[..., -32:])
-
-
-def test_extend_window_past_240_s_keeps_the_new_audio_next_to_its_source():
-    frames = MAX_FRAMES - 100
-    src = torch.arange(frames, dtype=torch.float32).expand(1, 8, 16, frames)
-    noise = torch.zeros(1, 8, 16, frames)
-    right = extend_window(src, noise, noise, start_frame=0, end_frame=frames + 300)
-    assert right.x0.shape[-1] == MAX_FRAMES
-    assert torch.equal(right.cut_head, src[..., :200])  # the cut head is the source's own start
-    assert torch.equal(right.x0[..., : MAX_FRAMES - 300], src[..., 200:])
-    left = extend_window(src, noise, noise, start_frame=-300, end_frame=frames)
-    assert left.x0.shape[-1] == MAX_FRAMES
-    assert torch.equal(left.cut_tail, src[..., frames - 200:])
-    assert torch.equal(left.x0[..., 300:], src[..., : frames - 200])
-    with pytest.raises(InputError, match="one side at a time"):
-        extend_window(src, noise, noise, start_frame=-300, end_frame=frames + 300)
+    assert torch.equal(window.z0[..., 10:64], seed_noise)
 
 
 @pytest.fixture
@@ -262,39 +303,9 @@ def test_lora_applies_and_unloads(manager, tiny_v1, v1_fixture_root):
     with_lora = run(manager, tiny_v1, "generate", duration=1.5, lora=lora, lora_scale=0.7)
     stronger = run(manager, tiny_v1, "generate", duration=1.5, lora=lora, lora_scale=1.5)
     after = run(manager, tiny_v1, "generate", duration=1.5)
-    assert with_lora.params["engine"]["lora_name_or_path"] == lora
+    assert with_lora.params["engine"]["lora"] == lora
     assert not torch.equal(before.latents, with_lora.latents)
     assert not torch.equal(with_lora.latents, stronger.latents)
     assert torch.equal(before.latents, after.latents)  # "none" restores the plain model
     with pytest.raises(InputError):
         run(manager, tiny_v1, "generate", duration=1.5, lora=str(v1_fixture_root / "missing"))
-
-
-def test_a_duration_of_zero_or_less_is_upstreams_random_length(tiny_v1):
-    import random
-
-    from ace_step_ui.v1.pipeline import PipelineCall, V1Pipeline
-
-    pipeline = V1Pipeline.load(tiny_v1, torch.device("cpu"), torch.float32)
-    random.seed(139)  # a seed whose draw is short (30.3 s), to keep the test fast
-    expected = random.uniform(30.0, 240.0)
-    random.seed(139)
-    out = pipeline(PipelineCall(prompt="lofi", lyrics="", audio_duration=-1, infer_step=1,
-                                guidance_scale=1.0, manual_seeds=1))
-    assert out.params["audio_duration"] == expected
-    assert out.latents.shape[-1] == int(expected * LATENT_FRAMES_PER_SECOND)
-
-
-def test_outpaint_of_both_sides_past_the_window_runs_one_side_at_a_time(manager, tiny_v1,
-                                                                        monkeypatch):
-    """The real window is 240 s; a 40-frame window shows the same path on a 5 s source."""
-    from ace_step_ui.v1 import pipeline
-
-    monkeypatch.setattr(pipeline, "MAX_FRAMES", 40)
-    result = run(manager, tiny_v1, "outpaint", audio=str(SOURCE), extend_before_duration=1.0,
-                 extend_after_duration=1.0, number_of_steps=2)
-    first, second = result.params["engine"]["passes"]
-    assert (first["repaint_start"], second["repaint_start"]) == (-1.0, -0.0)
-    assert second["repaint_end"] > first["repaint_end"]
-    # each pass keeps its new audio plus the adjacent source inside the window, the rest is put back
-    assert result.latents.shape[-1] > 40

@@ -15,8 +15,9 @@ import torch
 
 from ace_step_ui.audio import read_audio
 from ace_step_ui.v1.autoencoder import LATENT_FRAMES_PER_SECOND
-from ace_step_ui.v1.pipeline import PipelineCall, V1Pipeline
+from ace_step_ui.v1.pipeline import V1Pipeline
 from v1_fixture import FIXTURE, call_kwargs, cases, params, refs
+from v1_upstream import PipelineCall, run_call
 
 TOLERANCES = json.loads((FIXTURE / "tolerances.json").read_text())["recommended"]
 LATENT_ATOL = TOLERANCES["final_latents"]["atol"]
@@ -65,7 +66,7 @@ def pipeline_call(case: str, root) -> PipelineCall:
 def replay(pipeline, case: str, root):
     torch.manual_seed(0)  # the fixture's `before_call`
     random.seed(0)
-    return pipeline(pipeline_call(case, root))
+    return run_call(pipeline, pipeline_call(case, root))
 
 
 def rms_rel(mine: torch.Tensor, ref: torch.Tensor) -> float:
@@ -74,7 +75,7 @@ def rms_rel(mine: torch.Tensor, ref: torch.Tensor) -> float:
 
 @pytest.mark.parametrize("case", MATCHING)
 def test_case_matches_upstream(pipeline, v1_fixture_root, case):
-    out = replay(pipeline, case, v1_fixture_root)
+    out, ours = replay(pipeline, case, v1_fixture_root)
     reference = refs(case)["final_latents.000"]
     assert out.latents.shape == reference.shape
     max_abs = float((out.latents - reference).abs().max())
@@ -82,11 +83,11 @@ def test_case_matches_upstream(pipeline, v1_fixture_root, case):
     assert rms_rel(out.latents, reference) <= LATENT_RMS_REL
 
     expected = params(case)
-    assert out.params["actual_seeds"] == expected["actual_seeds"]
+    assert ours["actual_seeds"] == expected["actual_seeds"]
     if not draws_an_unused_seed_after_lora(case):
-        assert out.params["retake_seeds"] == expected["retake_seeds"]
-    assert out.params["oss_steps"] == expected["oss_steps"]
-    assert out.params["task"] == expected["task"]
+        assert ours["retake_seeds"] == expected["retake_seeds"]
+    assert ours["oss_steps"] == expected["oss_steps"]
+    assert ours["task"] == expected["task"]
 
     for index, name in enumerate(cases()[case]["output_wavs"]):
         wav = read_audio(FIXTURE / name)
@@ -111,9 +112,7 @@ def test_extend_both_sides_pads_each_side_by_what_was_asked(pipeline, v1_fixture
     right = int(call.repaint_end * LATENT_FRAMES_PER_SECOND) - source_frames
     upstream_frames = refs(case)["final_latents.000"].shape[-1]
     assert upstream_frames == left + source_frames + (right - left)
-    torch.manual_seed(0)
-    random.seed(0)
-    out = pipeline(call)
+    out, _ = replay(pipeline, case, v1_fixture_root)
     assert out.latents.shape[-1] == left + source_frames + right
     # the source comes back exactly (up to the encoder's tolerance); both new parts are made
     middle = out.latents[..., left:left + source_frames]
@@ -121,3 +120,13 @@ def test_extend_both_sides_pads_each_side_by_what_was_asked(pipeline, v1_fixture
     assert out.latents[..., :left].abs().mean() > 0.1
     assert out.latents[..., -right:].abs().mean() > 0.1
     assert out.audio[0].samples.shape[-1] == -(-out.latents.shape[-1] * 4096 * 48000 // 44100)
+
+
+def test_a_duration_of_zero_or_less_is_upstreams_random_length(pipeline):
+    random.seed(139)  # a seed whose draw is short (30.3 s), to keep the test fast
+    expected = random.uniform(30.0, 240.0)
+    random.seed(139)
+    out, ours = run_call(pipeline, PipelineCall(prompt="lofi", lyrics="", audio_duration=-1,
+                                                infer_step=1, guidance_scale=1.0, manual_seeds=1))
+    assert ours["audio_duration"] == expected
+    assert out.latents.shape[-1] == int(expected * LATENT_FRAMES_PER_SECOND)

@@ -305,3 +305,54 @@ def test_double_condition():
 def test_omega_zero_factor_is_exactly_one_in_float32():
     assert torch.tensor(sampling.omega_factor(0.0), dtype=torch.float32).item() == 1.0
     assert math.isclose(sampling.omega_factor(10.0), 0.9 + 0.2 / (1 + math.exp(-1.0)), rel_tol=1e-12)
+
+
+def test_sample_repaint_moves_only_the_masked_frames_and_keeps_the_rest_on_the_path():
+    schedule = sampling.flow_schedule(5)
+    x0, z0 = random(1, 8, 16, 6, seed=20), random(1, 8, 16, 6, seed=21)
+    mask = torch.zeros_like(x0)
+    mask[..., 2:4] = 1.0
+    velocity = lambda x, t, index: torch.tanh(x) + index
+    done = []
+    out = sampling.sample_repaint(velocity, x0, z0, mask, schedule, first_step=2,
+                                  on_step=lambda n, total: done.append((n, total)))
+    assert done == [(3, 5), (4, 5), (5, 5)]  # steps before first_step are skipped
+    timesteps = schedule.timesteps
+    sigma = timesteps[2] / 1000
+    x = (1 - sigma) * x0 + sigma * z0
+    for index in range(2, 5):
+        sigma = timesteps[index] / 1000
+        sigma_next = timesteps[index + 1] / 1000 if index < 4 else torch.tensor(0.0)
+        x = x + (sigma_next - sigma) * velocity(x, timesteps[index], index)
+        x = torch.where(mask == 1.0, x, (1 - sigma_next) * x0 + sigma_next * z0)
+    torch.testing.assert_close(out, x, rtol=0, atol=1e-5)
+    assert torch.equal(out[..., :2], x0[..., :2]) and torch.equal(out[..., 4:], x0[..., 4:])
+    # nothing left to run: the source comes back
+    assert torch.equal(sampling.sample_repaint(velocity, x0, z0, mask, schedule, first_step=5), x0)
+
+
+def test_sample_flow_edit_follows_the_velocity_difference_then_the_target():
+    schedule = sampling.flow_schedule(4)
+    x_src = random(1, 8, 16, 3, seed=22)
+    noises = iter([random(1, 8, 16, 3, seed=30 + i) for i in range(10)])
+    drawn = []
+
+    def noise_fn():
+        drawn.append(next(noises))
+        return drawn[-1]
+
+    source_v = lambda x, t: 0.5 * x
+    target_v = lambda x, t, after_edit: 0.5 * x + 1.0
+    out = sampling.sample_flow_edit(source_v, target_v, x_src, schedule, first_step=1,
+                                    last_edit_step=3, n_avg=1, noise_fn=noise_fn, pingpong=False,
+                                    generator=None)
+    # the edit window steps by v_target(z_edit + z_src - x_src) - v_source(z_src) = 0.5·(z_edit - x_src) + 1
+    t = schedule.timesteps / 1000
+    z_edit = x_src
+    for index in (1, 2):
+        z_edit = z_edit + (t[index + 1] - t[index]) * (0.5 * (z_edit - x_src) + 1.0)
+    x_t = schedule.sigmas[3] * drawn[-1] + (1 - schedule.sigmas[3]) * x_src
+    x = z_edit + x_t - x_src
+    x = x + (0 - t[3]) * (0.5 * x + 1.0)
+    assert len(drawn) == 3  # one forward noise per edit step, one to re-noise after it
+    torch.testing.assert_close(out, x, rtol=0, atol=1e-5)

@@ -1,27 +1,33 @@
-"""ACE-Step v1 as an engine: the hosted requests mapped onto upstream's pipeline call.
+"""ACE-Step v1 as an engine: each request becomes one `V1Job` of the pipeline.
 
-- `seed` is upstream's manual seed; `retake_seed` seeds the retake noise alone (the caller derives
-  it from `seed` when it is not given).
+- `seed` seeds the start noise; `retake_seed` the retake noise alone (the caller derives it from
+  `seed` when it is not given).
 - generate: text2music; with `variance` > 0 upstream's retake; with a reference, audio2audio.
-- inpaint: repaint of the resolved range with `variance` as the retake variance.
-- outpaint: extend with `repaint_start = -before` and `repaint_end = source duration + after`,
-  which is what upstream's UI sends (variance 1); past 240 s with both sides, one side at a time.
+- repaint (inpaint's window): the range's latent frames, `variance` as the retake variance.
+- extend (outpaint's window): new latent frames before and after, variance 1 as upstream's UI sends.
 - edit: FlowEdit from the original tags/lyrics to the new ones, with upstream's UI presets.
+
+Lengths are made in upstream's whole latent frames (10.77 a second, truncated), so the same seed
+gives upstream's song; the audio is then fitted to exactly the requested length: the part of a
+frame upstream does not make (under 93 ms) is silence at the end of a song or at the outer end of
+an extension.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
-from ..audio import Audio
+from ..audio import Audio, resample_audio, seconds_to_frames, to_channels
+from ..edits import fit_end
 from ..engines import EngineOutput, Family, StepCallback, pick_device, pick_dtype, register
 from ..errors import InputError
 from ..requests import BaseRequest, GenerateRequest
 from . import checkpoint
-from . import pipeline as pipeline_module
 from .autoencoder import LATENT_FRAMES_PER_SECOND
-from .pipeline import EDIT_PRESETS, PipelineCall, V1Pipeline, check_audio2audio_steps
+from .pipeline import (EDIT_PRESETS, EditTarget, Sampling, V1Job, V1Pipeline,
+                       check_audio2audio_steps, frames_of, latent_frames)
 
 SAMPLE_RATE = 48000
 SAMPLING = frozenset({"number_of_steps", "scheduler", "guidance_type", "granularity_scale",
@@ -33,9 +39,10 @@ TASK_PARAMS = {
     "generate": COMMON | SAMPLING | {"duration", "variance", "retake_seed", "reference_audio",
                                      "audio2audio_strength"},
     "inpaint": COMMON | SAMPLING | {"audio", "start_time", "start_time_relative_to", "end_time",
-                                    "end_time_relative_to", "variance", "retake_seed"},
+                                    "end_time_relative_to", "variance", "retake_seed",
+                                    "context_duration", "crossfade_duration"},
     "outpaint": COMMON | SAMPLING | {"audio", "extend_before_duration", "extend_after_duration",
-                                     "retake_seed"},
+                                     "retake_seed", "context_duration"},
     # FlowEdit always runs the Euler schedule with APG and no ERG or guidance interval; the
     # scheduler only chooses between the ODE and pingpong updates.
     "edit": COMMON | {"audio", "edit_mode", "original_tags", "original_lyrics", "retake_seed",
@@ -53,29 +60,19 @@ def check_request(model: str, request: BaseRequest) -> None:
         if request.variance > 0:
             raise InputError("variance (a retake) and reference_audio (audio-to-audio) are two "
                              "different ways to vary a song in ACE-Step v1; set only one of them")
-        check_audio2audio_steps(request.audio2audio_strength, request.number_of_steps)
+        check_audio2audio_steps(request.audio2audio_strength, sampling_of(request).base_steps)
 
 
-def sampling_arguments(request: Any) -> dict[str, Any]:
-    """The request's sampler settings under upstream's argument names."""
-    lora = getattr(request, "lora", "") or "none"
-    return dict(
-        prompt=request.tags, lyrics=request.lyrics, infer_step=request.number_of_steps,
-        scheduler_type=request.scheduler, cfg_type=request.guidance_type,
-        omega_scale=request.granularity_scale, guidance_interval=request.guidance_interval,
-        guidance_interval_decay=request.guidance_interval_decay,
-        guidance_scale=request.guidance_scale, min_guidance_scale=request.minimum_guidance_scale,
-        guidance_scale_text=request.tag_guidance_scale,
-        guidance_scale_lyric=request.lyric_guidance_scale,
-        use_erg_tag=getattr(request, "use_erg_tag", True),
-        use_erg_lyric=getattr(request, "use_erg_lyric", True),
-        use_erg_diffusion=getattr(request, "use_erg_diffusion", True),
-        oss_steps=list(getattr(request, "oss_steps", ()) or ()),
-        lora_name_or_path=lora, lora_weight=getattr(request, "lora_scale", 1.0))
+def sampling_of(request: Any) -> Sampling:
+    """The request's sampler settings (the edit request has only some of them)."""
+    names = [field.name for field in dataclasses.fields(Sampling)]
+    given = {name: getattr(request, name) for name in names if hasattr(request, name)}
+    return Sampling(**{**given, "oss_steps": tuple(given.get("oss_steps", ()))})
 
 
 class V1Engine:
     sample_rate = SAMPLE_RATE
+    extends_both_sides = True
 
     def __init__(self, pipeline: V1Pipeline, model_id: str):
         self.pipeline = pipeline
@@ -86,72 +83,96 @@ class V1Engine:
 
     def generate(self, request, seed: int, retake_seed: int, on_step: StepCallback,
                  reference: Audio | None = None) -> EngineOutput:
-        variance = getattr(request, "variance", 0.0)
-        arguments = dict(task="text2music", audio_duration=request.duration)
+        job = self._job(request, seed, retake_seed, task="text2music",
+                        frames=max(1, frames_of(request.duration)))
+        seconds = request.duration
         if reference is not None:
-            arguments.update(audio2audio_enable=True, ref_audio=reference,
-                             ref_audio_strength=getattr(request, "audio2audio_strength", 0.5))
-        elif variance > 0:
-            arguments.update(task="retake", retake_variance=variance)
-        return self._run(request, seed, retake_seed, on_step, **arguments)
+            job = dataclasses.replace(job, task="audio2audio", reference=reference,
+                                      reference_strength=request.audio2audio_strength)
+            seconds = reference.duration_s  # the reference sets the length, as upstream
+        elif request.variance > 0:
+            job = dataclasses.replace(job, task="retake", variance=request.variance)
+        output = self._run(job, on_step)
+        audio = output.audio
+        return dataclasses.replace(output, audio=Audio(fit_end(audio.samples, seconds_to_frames(
+            seconds, audio.sample_rate)), audio.sample_rate))
 
-    def inpaint(self, request, source: Audio, start_s: float, end_s: float, seed: int,
+    def repaint(self, request, window: Audio, start_s: float, end_s: float, seed: int,
                 retake_seed: int, on_step: StepCallback) -> EngineOutput:
-        return self._run(request, seed, retake_seed, on_step, task="repaint", src_audio=source,
-                         repaint_start=start_s, repaint_end=end_s, retake_variance=request.variance,
-                         audio_duration=source.duration_s)
+        job = self._job(request, seed, retake_seed, task="repaint", source=window,
+                        region=(frames_of(start_s), frames_of(end_s)), variance=request.variance)
+        return self._run(job, on_step)
 
-    def outpaint(self, request, source: Audio, seed: int, retake_seed: int,
-                 on_step: StepCallback) -> EngineOutput:
-        before, after = request.extend_before_duration, request.extend_after_duration
-        total_frames = int((before + source.duration_s + after) * LATENT_FRAMES_PER_SECOND)
-        if before > 0 and after > 0 and total_frames > pipeline_module.MAX_FRAMES:
-            # The model sees at most 240 s: extend the start first, then the end of that result.
-            first = self._extend(request, source, before, 0.0, seed, retake_seed, on_step)
-            second = self._extend(request, first.audio, 0.0, after, seed, retake_seed, on_step)
-            second.effective["passes"] = [first.effective, dict(second.effective)]
-            return second
-        return self._extend(request, source, before, after, seed, retake_seed, on_step)
-
-    def _extend(self, request, source: Audio, before: float, after: float, seed: int,
-                retake_seed: int, on_step: StepCallback) -> EngineOutput:
-        return self._run(request, seed, retake_seed, on_step, task="extend", src_audio=source,
-                         repaint_start=-before, repaint_end=source.duration_s + after,
-                         retake_variance=1.0, audio_duration=source.duration_s)
+    def extend(self, request, context: Audio, before_s: float, after_s: float, seed: int,
+               retake_seed: int, on_step: StepCallback) -> EngineOutput:
+        source_frames = latent_frames(context)
+        # Upstream's frames for repaint_start = -before, repaint_end = duration + after; at least
+        # one where a side is asked for at all.
+        left = max(1, frames_of(before_s)) if before_s > 0 else 0
+        right = (max(1, frames_of(context.duration_s + after_s) - source_frames) if after_s > 0
+                 else 0)
+        job = self._job(request, seed, retake_seed, task="extend", source=context,
+                        extension=(left, right), variance=1.0)
+        output = self._run(job, on_step)
+        made_before_s = left / LATENT_FRAMES_PER_SECOND
+        made_after_s = (left + source_frames + right) / LATENT_FRAMES_PER_SECOND - made_before_s \
+            - context.duration_s
+        return dataclasses.replace(output, extension_s=(made_before_s, made_after_s))
 
     def edit(self, request, source: Audio, seed: int, retake_seed: int,
              on_step: StepCallback) -> EngineOutput:
         n_min, n_max = EDIT_PRESETS[request.edit_mode]
-        arguments = sampling_arguments(request)
-        arguments.update(prompt=request.original_tags, lyrics=request.original_lyrics,
-                         edit_target_prompt=request.tags,
-                         # Upstream's UI: empty new lyrics keep the original ones.
-                         edit_target_lyrics=request.lyrics or request.original_lyrics)
-        call = PipelineCall(task="edit", src_audio=source, audio_duration=source.duration_s,
-                            edit_n_min=n_min, edit_n_max=n_max, manual_seeds=seed,
-                            retake_seeds=retake_seed, **arguments)
-        return self._output(call, on_step)
+        # Upstream's UI: empty new lyrics keep the original ones.
+        target = EditTarget(tags=request.tags, lyrics=request.lyrics or request.original_lyrics,
+                            n_min=n_min, n_max=n_max)
+        job = self._job(request, seed, retake_seed, task="edit", source=source, edit=target,
+                        tags=request.original_tags, lyrics=request.original_lyrics)
+        output = self._run(job, on_step)
+        back = to_channels(resample_audio(output.audio, source.sample_rate), source.channels)
+        return dataclasses.replace(output, audio=Audio(fit_end(back.samples, source.frames),
+                                                       source.sample_rate))
 
-    def _run(self, request, seed: int, retake_seed: int, on_step: StepCallback,
-             **arguments: Any) -> EngineOutput:
-        call = PipelineCall(manual_seeds=seed, retake_seeds=retake_seed,
-                            **sampling_arguments(request), **arguments)
-        return self._output(call, on_step)
+    def _job(self, request, seed: int, retake_seed: int, **fields: Any) -> V1Job:
+        settings = {"tags": request.tags, "lyrics": request.lyrics, "seeds": (seed,),
+                    "retake_seeds": (retake_seed,), "sampling": sampling_of(request),
+                    "lora": request.lora, "lora_scale": request.lora_scale}
+        return V1Job(**{**settings, **fields})
 
-    def _output(self, call: PipelineCall, on_step: StepCallback) -> EngineOutput:
-        result = self.pipeline(call, on_step=on_step)
-        effective = {key: value for key, value in result.params.items()
-                     if key not in ("prompt", "lyrics", "edit_target_prompt", "edit_target_lyrics")}
-        return EngineOutput(audio=result.audio[0], effective=effective, latents=result.latents,
-                            unused=unused_parameters(call, result.params["task"]))
+    def _run(self, job: V1Job, on_step: StepCallback) -> EngineOutput:
+        result = self.pipeline(job, on_step=on_step)
+        return EngineOutput(audio=result.audio[0], effective=effective(job), latents=result.latents,
+                            unused=unused_parameters(job))
 
 
-def unused_parameters(call: PipelineCall, task: str) -> frozenset[str]:
-    """What the request set that this particular call does not use."""
+def effective(job: V1Job) -> dict[str, Any]:
+    """What the job ran with, under the request's names where it has them."""
+    values: dict[str, Any] = {"task": job.task, "seeds": list(job.seeds)}
+    if job.task in ("retake", "repaint", "extend", "edit"):
+        values["retake_seeds"] = list(job.retake_seeds)
+    values.update(dataclasses.asdict(job.sampling), oss_steps=list(job.sampling.oss_steps))
+    if job.task in ("text2music", "retake"):
+        values["frames"] = job.frames
+    if job.task in ("retake", "repaint"):
+        values["variance"] = job.variance
+    if job.task == "repaint":
+        values["region_frames"] = list(job.region)
+    if job.task == "extend":
+        values["extension_frames"] = list(job.extension)
+    if job.task == "audio2audio":
+        values["audio2audio_strength"] = job.reference_strength
+    if job.edit is not None:
+        values.update(edit_n_min=job.edit.n_min, edit_n_max=job.edit.n_max)
+    if job.lora:
+        values.update(lora=job.lora, lora_scale=job.lora_scale)
+    return values
+
+
+def unused_parameters(job: V1Job) -> frozenset[str]:
+    """What the request set that this particular job does not use."""
     unused = set()
-    if task in ("text2music", "audio2audio"):
+    if job.task in ("text2music", "audio2audio"):
         unused.add("retake_seed")  # no retake noise is drawn
-    if call.lora_name_or_path == "none":
+    if not job.lora:
         unused.add("lora_scale")
     return frozenset(unused)
 

@@ -1,31 +1,27 @@
-"""The ACE-Step v1 pipeline: upstream's `ACEStepPipeline.__call__`, read top to bottom.
+"""The ACE-Step v1 pipeline: upstream's `ACEStepPipeline.__call__` on one typed `V1Job`.
 
-1. seeds -> one torch.Generator per batch item (manual seeds and retake seeds);
-2. prompt -> UMT5 hidden states (and the ERG-tag variant); lyrics -> token ids;
-3. source / reference audio -> DCAE latents;
-4. the diffusion loop of the task (text2music, retake, repaint, extend, audio2audio, edit);
-5. latents -> 48 kHz stereo audio.
-
-`PipelineCall` takes upstream's keyword names and defaults, so a call of the official pipeline
-maps one to one (the parity tests replay the fixture's recorded calls through it). Where upstream
-crashes or returns the wrong length we deviate, and say so where it happens (see `extend_window`).
+`__call__` reads as its steps: lyrics and LoRA, seeds, conditions, source latents, task latents,
+denoise, decode. The task's start latents are pure functions (`start_noise`, `repaint_latents`,
+`extend_latents`, `audio2audio_latents`); the loops are `sampling.py`'s samplers. A job is
+upstream's call in the app's own terms (the request's parameter names, int seeds, the edited region
+in latent frames); the tests map upstream's keyword calls onto it and compare with a recording of
+upstream. Where upstream crashes or returns the wrong length we deviate, and say so where it happens.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
-import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Callable
 
 import torch
 
 from ..audio import Audio, to_channels
 from ..errors import InputError
 from . import checkpoint, sampling
-from .autoencoder import LATENT_FRAMES_PER_SECOND, OUTPUT_SAMPLE_RATE, MusicDCAE, build_dcae
+from .autoencoder import (LATENT_FRAMES_PER_SECOND, MODEL_SAMPLE_RATE, OUTPUT_SAMPLE_RATE,
+                          SAMPLES_PER_LATENT_FRAME, MusicDCAE, build_dcae)
 from .lyrics import MAX_LYRIC_TOKENS, LyricTokenizer
 from .text_encoder import TextEncoder
 from .transformer import ACEStepTransformer, TransformerConfig
@@ -36,59 +32,88 @@ from .weights import build_on_meta, load_weights
 SPEAKER_DIM = 512  # the released checkpoint has no speaker input; upstream feeds zeros of this size
 LATENT_CHANNELS = 8
 LATENT_HEIGHT = 16
-MAX_FRAMES = int(240 * LATENT_FRAMES_PER_SECOND)  # 2583: upstream's 240 s window
-SEED_LIMIT = 2 ** 32
+TASKS = ("text2music", "retake", "repaint", "extend", "audio2audio", "edit")
 EDIT_PRESETS = {"lyrics": (0.6, 1.0), "remix": (0.2, 0.4)}  # upstream UI: only_lyrics, remix
 
 StepCallback = Callable[[int, int], None]
 
 
 @dataclass(frozen=True, kw_only=True)
-class PipelineCall:
-    """Upstream `ACEStepPipeline.__call__` arguments (same names and defaults), audio as `Audio`."""
+class Sampling:
+    """The sampler settings, under the request's names (upstream's in the comments)."""
 
-    task: str = "text2music"
-    prompt: str = ""
-    lyrics: str = ""
-    audio_duration: float = 60.0
-    infer_step: int = 60
+    number_of_steps: int = 60  # infer_step
+    scheduler: str = "euler"  # scheduler_type
+    guidance_type: str = "apg"  # cfg_type
+    granularity_scale: float = 10.0  # omega_scale
     guidance_scale: float = 15.0
-    scheduler_type: str = "euler"
-    cfg_type: str = "apg"
-    omega_scale: float = 10.0
-    manual_seeds: Any = None
     guidance_interval: float = 0.5
     guidance_interval_decay: float = 0.0
-    min_guidance_scale: float = 3.0
+    minimum_guidance_scale: float = 3.0  # min_guidance_scale
+    tag_guidance_scale: float = 0.0  # guidance_scale_text
+    lyric_guidance_scale: float = 0.0  # guidance_scale_lyric
     use_erg_tag: bool = True
     use_erg_lyric: bool = True
     use_erg_diffusion: bool = True
-    oss_steps: Any = None
-    guidance_scale_text: float = 0.0
-    guidance_scale_lyric: float = 0.0
-    audio2audio_enable: bool = False
-    ref_audio_strength: float = 0.5
-    ref_audio: Audio | None = None
-    lora_name_or_path: str = "none"
-    lora_weight: float = 1.0
-    retake_seeds: Any = None
-    retake_variance: float = 0.5
-    repaint_start: float = 0.0
-    repaint_end: float = 0.0
-    src_audio: Audio | None = None
-    edit_target_prompt: str | None = None
-    edit_target_lyrics: str | None = None
-    edit_n_min: float = 0.0
-    edit_n_max: float = 1.0
-    edit_n_avg: int = 1
-    batch_size: int = 1
+    oss_steps: tuple[int, ...] = ()  # 1-based steps of a max(oss_steps)-step schedule
+
+    @property
+    def guided(self) -> bool:
+        return self.guidance_scale not in (0.0, 1.0)
+
+    @property
+    def double_condition(self) -> bool:
+        """Separate tag and lyric guidance: upstream's rule, both scales above 1."""
+        return self.tag_guidance_scale > 1.0 and self.lyric_guidance_scale > 1.0
+
+    @property
+    def base_steps(self) -> int:
+        """The step count the repaint start and audio2audio derive from (upstream: max(oss_steps))."""
+        return max(self.oss_steps) if self.oss_steps else self.number_of_steps
+
+
+@dataclass(frozen=True, kw_only=True)
+class EditTarget:
+    """FlowEdit's target description and upstream's `edit_n_min` / `edit_n_max` / `edit_n_avg`."""
+
+    tags: str
+    lyrics: str
+    n_min: float
+    n_max: float
+    n_avg: int = 1
+
+
+@dataclass(frozen=True, kw_only=True)
+class V1Job:
+    """One pipeline run. `seeds` has one entry per batch item, as does `retake_seeds` (the noise
+    `variance` blends in: retake, repaint, extend; FlowEdit's noise)."""
+
+    task: str
+    tags: str
+    lyrics: str
+    seeds: tuple[int, ...]
+    retake_seeds: tuple[int, ...]
+    sampling: Sampling = Sampling()
+    frames: int = 0  # text2music, retake: latent frames to make
+    source: Audio | None = None  # repaint, extend, edit
+    region: tuple[int, int] = (0, 0)  # repaint: source latent frames [start, end) made anew
+    extension: tuple[int, int] = (0, 0)  # extend: new latent frames before and after the source
+    variance: float = 0.5  # retake, repaint, extend: upstream's retake_variance
+    reference: Audio | None = None  # audio2audio
+    reference_strength: float = 0.5
+    edit: EditTarget | None = None
+    lora: str = ""  # a LoRA name or path as lora.lora_weights_path takes it; "" = none
+    lora_scale: float = 1.0
+
+    @property
+    def batch_size(self) -> int:
+        return len(self.seeds)
 
 
 @dataclass
 class PipelineOutput:
     latents: torch.Tensor  # final latents of the diffusion loop [B, 8, 16, frames]
     audio: list[Audio]  # one 48 kHz stereo clip per batch item
-    params: dict[str, Any] = field(default_factory=dict)  # upstream's params dict, minus paths
 
 
 @dataclass
@@ -101,6 +126,58 @@ class Conditions:
     speaker: torch.Tensor
     lyric_ids: torch.Tensor
     lyric_mask: torch.Tensor
+
+
+@dataclass
+class Repaint:
+    """What `sampling.sample_repaint` runs on: where it starts and what stays the source's."""
+
+    x0: torch.Tensor  # the source latents the unmasked frames return to
+    z0: torch.Tensor  # the noise the masked frames start from
+    mask: torch.Tensor  # 1 where new audio is made
+    first_step: int  # steps before it are skipped (variance < 1 keeps the start of the path)
+
+
+def check_job(job: V1Job) -> None:
+    """What upstream asserts (or crashes on later), as messages that say what to fix."""
+    if job.task not in TASKS:
+        raise InputError(f"the v1 task must be one of {', '.join(TASKS)}, not '{job.task}'")
+    if not job.seeds or len(job.retake_seeds) != len(job.seeds):
+        raise InputError("a v1 job needs one seed and one retake seed per batch item")
+    if job.task in ("repaint", "extend", "edit") and job.source is None:
+        raise InputError(f"the {job.task} task needs source audio")
+    if job.task == "edit" and job.edit is None:
+        raise InputError("the edit task needs the new tags and lyrics")
+    if job.task == "audio2audio":
+        if job.reference is None:
+            raise InputError("audio-to-audio needs a reference track")
+        check_audio2audio_steps(job.reference_strength, job.sampling.base_steps)
+    if job.task in ("text2music", "retake") and job.frames < 1:
+        raise InputError(f"a song needs at least one latent frame ({1 / LATENT_FRAMES_PER_SECOND:.3f} s)")
+    sampling.check_scheduler(job.sampling.scheduler)
+    if job.sampling.guidance_type not in ("apg", "cfg", "cfg_star"):
+        raise InputError(f"guidance type must be apg, cfg or cfg_star, not '{job.sampling.guidance_type}'")
+    if job.sampling.scheduler == "heun" and job.sampling.oss_steps:
+        raise InputError("oss_steps work with the euler and pingpong schedulers, not heun")
+
+
+def check_audio2audio_steps(strength: float, steps: int) -> None:
+    """Audio-to-audio runs int((1 - strength) x steps) steps: refuse a request that runs none."""
+    if int((1 - strength) * steps) < 1:
+        raise InputError(f"audio-to-audio runs (1 - audio2audio_strength) x number_of_steps = "
+                         f"{(1 - strength) * steps:g} steps, less than one; lower "
+                         f"audio2audio_strength or raise number_of_steps")
+
+
+def latent_frames(audio: Audio) -> int:
+    """Frames `encode_audio` makes of `audio`: its 44.1 kHz length padded to whole frames."""
+    model_samples = -(-audio.frames * MODEL_SAMPLE_RATE // audio.sample_rate)
+    return -(-model_samples // SAMPLES_PER_LATENT_FRAME)
+
+
+def frames_of(seconds: float) -> int:
+    """Upstream's seconds -> latent frames: int(seconds x 44100 / 512 / 8), truncated."""
+    return int(seconds * LATENT_FRAMES_PER_SECOND)
 
 
 class V1Pipeline:
@@ -135,31 +212,87 @@ class V1Pipeline:
         lyric_tokenizer = LyricTokenizer.from_file(lyric_vocab_path(root))
         return cls(text_encoder, transformer, MusicDCAE(dcae, vocoder), lyric_tokenizer, device, dtype)
 
-    # 1. seeds ------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def __call__(self, job: V1Job, on_step: StepCallback | None = None) -> PipelineOutput:
+        check_job(job)
+        settings, batch = job.sampling, job.batch_size
+        # 1. Lyrics first, so that too many tokens are refused before any model runs; the LoRA.
+        lyric_ids = self.lyric_ids(job.lyrics, "the original lyrics" if job.edit else "the lyrics")
+        target_lyric_ids = self.lyric_ids(job.edit.lyrics, "the lyrics") if job.edit else []
+        self.use_lora(job.lora, job.lora_scale)
 
-    def generators(self, batch_size: int, seeds: Any) -> tuple[list[torch.Generator], list[int]]:
-        """Upstream `set_seeds`: one generator per item; unparseable seeds draw from torch's RNG."""
-        chosen = parse_seeds(seeds)
-        generators, actual = [], []
-        for item in range(batch_size):
-            if chosen is None:
-                seed = int(torch.randint(0, SEED_LIMIT, (1,)).item())
-            elif isinstance(chosen, int):
-                seed = chosen
+        # 2. Seeds: one generator per batch item for the start noise, one for the retake noise.
+        generators = self.generators(job.seeds)
+        retake_generators = self.generators(job.retake_seeds)
+
+        # 3. Conditions: tags through UMT5 (and its ERG variant), lyric token ids.
+        conditions = self.conditions(job.tags, lyric_ids, batch, erg_tag=settings.use_erg_tag)
+        target = (self.conditions(job.edit.tags, target_lyric_ids, batch, erg_tag=False)
+                  if job.edit else None)
+
+        # 4. Source latents.
+        source = self.encode_audio(job.source) if job.source is not None else None
+        reference = self.encode_audio(job.reference) if job.task == "audio2audio" else None
+
+        if job.task == "edit":
+            assert source is not None and target is not None and job.edit is not None
+            # 5-6. FlowEdit from the source latents towards the target description.
+            latents = self.flow_edit(job, conditions, target, source, retake_generators, on_step)
+        else:
+            # 5. Task latents: the noise the sampler starts from and what the source keeps.
+            frames = job.frames
+            for latents_given in (source, reference):
+                if latents_given is not None:
+                    frames = latents_given.shape[-1]
+            noise = self.noise((batch, LATENT_CHANNELS, LATENT_HEIGHT, frames), generators)
+            schedule = sampling_schedule(settings, self.dtype).to(self.device)
+            repaint = None
+            if job.task == "audio2audio":
+                assert reference is not None
+                schedule, noise = audio2audio_latents(settings, reference, noise, job.reference_strength)
+                schedule = schedule.to(self.device)
+            elif job.task != "text2music":
+                left, right = job.extension if job.task == "extend" else (0, 0)
+                # Deviation: upstream draws the retake noise at the source length and fails (an
+                # assertion) when one side is extended by more than that; we draw enough for the
+                # longer side in that case only, so every extension upstream runs gets its noise.
+                retake = self.noise((batch, LATENT_CHANNELS, LATENT_HEIGHT, max(frames, left, right)),
+                                    retake_generators)
+                first_step = int(settings.base_steps * (1 - job.variance))
+                blended = retake_blend(noise, retake[..., :frames], job.variance)
+                if job.task == "extend":
+                    assert source is not None
+                    repaint = extend_latents(source, noise, retake, left, right, first_step)
+                elif job.task == "repaint" and job.region != (0, frames):
+                    assert source is not None
+                    repaint = repaint_latents(source, noise, blended, job.region, first_step)
+                else:  # a retake, or a repaint of every frame: new from the blended noise
+                    noise = blended
+            frames = repaint.x0.shape[-1] if repaint is not None else noise.shape[-1]
+
+            # 6. Denoise.
+            attention_mask = torch.ones(batch, frames, device=self.device, dtype=self.dtype)
+            velocity = self.guided_velocity(settings, conditions, attention_mask,
+                                            schedule.num_inference_steps)
+            if repaint is not None:
+                latents = sampling.sample_repaint(velocity, repaint.x0, repaint.z0, repaint.mask,
+                                                  schedule, first_step=repaint.first_step,
+                                                  on_step=on_step)
             else:
-                seed = chosen[min(item, len(chosen) - 1)]
-            generator = torch.Generator(device=self.device)
-            generator.manual_seed(seed)
-            generators.append(generator)
-            actual.append(seed)
-        return generators, actual
+                latents = sampling.sample(velocity, noise, schedule, settings.scheduler,
+                                          omega_scale=settings.granularity_scale,
+                                          generator=generators[0], on_step=on_step)
 
-    def noise(self, shape: Sequence[int], generators: list[torch.Generator]) -> torch.Tensor:
+        # 7. Decode: latents -> 48 kHz stereo.
+        return PipelineOutput(latents=latents, audio=self.decode_latents(latents))
+
+    def generators(self, seeds: tuple[int, ...]) -> list[torch.Generator]:
+        return [torch.Generator(device=self.device).manual_seed(seed) for seed in seeds]
+
+    def noise(self, shape: tuple[int, ...], generators: list[torch.Generator]) -> torch.Tensor:
         from diffusers.utils.torch_utils import randn_tensor
 
         return randn_tensor(tuple(shape), generator=generators, device=self.device, dtype=self.dtype)
-
-    # 2. conditions -------------------------------------------------------------------------------
 
     def lyric_ids(self, lyrics: str, what: str) -> list[int]:
         """Upstream's `tokenize_lyrics`, [] for no lyrics; `what` names them if they are too long."""
@@ -169,27 +302,20 @@ class V1Pipeline:
                              f"{MAX_LYRIC_TOKENS:,} (the most it was trained on): shorten them")
         return ids
 
-    def conditions(self, prompt: str, lyric_ids: list[int], batch_size: int, erg_tag: bool) -> Conditions:
-        text_hidden, text_mask = self.text_encoder.encode(prompt)
+    def conditions(self, tags: str, lyric_ids: list[int], batch_size: int, erg_tag: bool) -> Conditions:
+        text_hidden, text_mask = self.text_encoder.encode(tags)
         text_hidden_erg = None
         if erg_tag:
-            text_hidden_erg = self.text_encoder.encode(prompt, erg_tag=True)[0].repeat(batch_size, 1, 1)
-        ids, mask = self.lyric_tensors(lyric_ids, batch_size)
+            text_hidden_erg = self.text_encoder.encode(tags, erg_tag=True)[0].repeat(batch_size, 1, 1)
+        # Upstream feeds one masked [0] token for no lyrics at all.
+        ids, mask = (lyric_ids, [1] * len(lyric_ids)) if lyric_ids else ([0], [0])
+        as_batch = lambda values: torch.tensor([values], device=self.device).repeat(batch_size, 1)
         return Conditions(text_hidden=text_hidden.repeat(batch_size, 1, 1),
                           text_mask=text_mask.repeat(batch_size, 1),
                           text_hidden_erg=text_hidden_erg,
                           speaker=torch.zeros(batch_size, SPEAKER_DIM, device=self.device, dtype=self.dtype),
-                          lyric_ids=ids, lyric_mask=mask)
+                          lyric_ids=as_batch(ids), lyric_mask=as_batch(mask))
 
-    def lyric_tensors(self, lyric_ids: list[int], batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        # Upstream feeds one masked [0] token for no lyrics at all.
-        ids, mask = (lyric_ids, [1] * len(lyric_ids)) if lyric_ids else ([0], [0])
-        as_batch = lambda values: torch.tensor([values], device=self.device).repeat(batch_size, 1)
-        return as_batch(ids), as_batch(mask)
-
-    # 3. audio -> latents -------------------------------------------------------------------------
-
-    @torch.no_grad()
     def encode_audio(self, source: Audio) -> torch.Tensor:
         """Upstream `infer_latents`: mono is duplicated to stereo, then the DCAE encodes it.
 
@@ -199,18 +325,15 @@ class V1Pipeline:
         samples = stereo.samples.unsqueeze(0).to(device=self.device, dtype=self.dtype)
         return self.dcae.encode(samples, source.sample_rate)
 
-    @torch.no_grad()
     def decode_latents(self, latents: torch.Tensor) -> list[Audio]:
         waves = self.dcae.decode(latents)
         return [Audio(wave.float().cpu(), OUTPUT_SAMPLE_RATE) for wave in waves]
-
-    # LoRA ----------------------------------------------------------------------------------------
 
     def use_lora(self, name_or_path: str, weight: float) -> None:
         """Upstream `load_lora`: load (or switch, or with "none" unload) the transformer's LoRA."""
         from . import lora
 
-        wanted = None if name_or_path in ("", "none", None) else (name_or_path, float(weight))
+        wanted = None if name_or_path in ("", "none") else (name_or_path, float(weight))
         if wanted == self.lora:
             return
         if self.lora is not None:
@@ -223,132 +346,14 @@ class V1Pipeline:
             lora.apply_lora(self.transformer, state, weight)
             self.lora = wanted
 
-    # the call ------------------------------------------------------------------------------------
-
-    @torch.no_grad()
-    def __call__(self, call: PipelineCall, on_step: StepCallback | None = None) -> PipelineOutput:
-        task = "audio2audio" if call.audio2audio_enable and call.ref_audio is not None else call.task
-        check_call(call, task)
-        # Lyrics are tokenised first: too many tokens are refused before any model runs.
-        lyric_ids = self.lyric_ids(call.lyrics, "the original lyrics" if task == "edit" else "the lyrics")
-        target_lyric_ids = (self.lyric_ids(call.edit_target_lyrics or "", "the lyrics") if task == "edit"
-                            else [])
-        self.use_lora(call.lora_name_or_path, call.lora_weight)
-        generators, seeds = self.generators(call.batch_size, call.manual_seeds)
-        retake_generators, retake_seeds = self.generators(call.batch_size, call.retake_seeds)
-        oss_steps = parse_oss_steps(call.oss_steps)
-        conditions = self.conditions(call.prompt, lyric_ids, call.batch_size, call.use_erg_tag)
-        if call.audio_duration <= 0:
-            # Upstream's "random length": 30-240 s from Python's global RNG, drawn at this point.
-            call = dataclasses.replace(call, audio_duration=random.uniform(30.0, 240.0))
-
-        src_latents = self.encode_audio(call.src_audio) if call.src_audio is not None else None
-        ref_latents = (self.encode_audio(call.ref_audio)
-                       if call.ref_audio is not None and call.audio2audio_enable else None)
-        if task == "edit":
-            target = self.conditions(call.edit_target_prompt or "", target_lyric_ids, call.batch_size,
-                                     erg_tag=False)
-            latents = self.flow_edit(call, conditions, target, src_latents, retake_generators, on_step)
-        else:
-            repaint_start, repaint_end = call.repaint_start, call.repaint_end
-            if task == "retake":
-                repaint_start, repaint_end = 0.0, call.audio_duration
-            latents = self.diffuse(call, conditions, oss_steps, generators, retake_generators,
-                                   add_retake_noise=task in ("retake", "repaint", "extend"),
-                                   repaint_start=repaint_start, repaint_end=repaint_end,
-                                   src_latents=src_latents, ref_latents=ref_latents, on_step=on_step)
-        audio = self.decode_latents(latents)
-        params = upstream_params(call, task, seeds, retake_seeds, oss_steps)
-        return PipelineOutput(latents=latents, audio=audio, params=params)
-
-    # 4a. text2music / retake / repaint / extend / audio2audio ------------------------------------
-
-    def diffuse(self, call: PipelineCall, cond: Conditions, oss_steps: list[int],
-                generators: list[torch.Generator], retake_generators: list[torch.Generator], *,
-                add_retake_noise: bool, repaint_start: float, repaint_end: float,
-                src_latents: torch.Tensor | None, ref_latents: torch.Tensor | None,
-                on_step: StepCallback | None) -> torch.Tensor:
-        """Upstream `text2music_diffusion_process`."""
-        batch = cond.text_hidden.shape[0]
-        guided = call.guidance_scale not in (0.0, 1.0)
-        double_condition = (call.guidance_scale_text is not None and call.guidance_scale_text > 1.0
-                            and call.guidance_scale_lyric is not None and call.guidance_scale_lyric > 1.0)
-        frames = int(call.audio_duration * LATENT_FRAMES_PER_SECOND)
-        if src_latents is not None:
-            frames = src_latents.shape[-1]
-        if ref_latents is not None:
-            frames = ref_latents.shape[-1]
-
-        infer_steps = call.infer_step
-        if oss_steps:
-            infer_steps = max(oss_steps)  # upstream also uses this for the repaint start below
-            schedule = sampling.flow_schedule(len(oss_steps), scheduler=call.scheduler_type,
-                                              sigmas=sampling.oss_sigmas(oss_steps, self.dtype))
-        else:
-            schedule = sampling.flow_schedule(infer_steps, scheduler=call.scheduler_type)
-        schedule = schedule.to(self.device)
-        latents = self.noise((batch, LATENT_CHANNELS, LATENT_HEIGHT, frames), generators)
-
-        repaint: RepaintState | None = None
-        trimmed: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None)
-        if add_retake_noise:
-            first_step = int(infer_steps * (1 - call.retake_variance))
-            angle = torch.tensor(call.retake_variance * math.pi / 2).to(self.device).to(self.dtype)
-            start_frame = int(repaint_start * LATENT_FRAMES_PER_SECOND)
-            end_frame = int(repaint_end * LATENT_FRAMES_PER_SECOND)
-            extending = start_frame < 0 or end_frame > frames
-            retake_frames = frames
-            if extending:
-                # Deviation: upstream draws the retake noise at the source length and fails (an
-                # assertion) when one side is extended by more than that; draw enough for the longer
-                # side in that case only, so every extension upstream can run gets upstream's noise.
-                retake_frames = max(frames, -start_frame, end_frame - frames)
-            retake = self.noise((batch, LATENT_CHANNELS, LATENT_HEIGHT, retake_frames), retake_generators)
-            if not extending and end_frame - start_frame == frames:
-                latents = torch.cos(angle) * latents + torch.sin(angle) * retake
-            elif not extending:
-                mask = torch.zeros_like(latents)
-                mask[..., start_frame:end_frame] = 1.0
-                blended = torch.cos(angle) * latents + torch.sin(angle) * retake
-                repaint = RepaintState(x0=src_latents, z0=torch.where(mask == 1.0, blended, latents),
-                                       mask=mask, first_step=first_step)
-            else:
-                window = extend_window(src_latents, latents, retake, start_frame, end_frame)
-                repaint = RepaintState(x0=window.x0, z0=window.z0, mask=window.mask, first_step=first_step)
-                trimmed = (window.cut_head, window.cut_tail)
-                frames = window.x0.shape[-1]
-
-        if call.audio2audio_enable and ref_latents is not None:
-            schedule = sampling.flow_schedule(int((1 - call.ref_audio_strength) * infer_steps),
-                                              scheduler=call.scheduler_type,
-                                              sigma_max=1 - call.ref_audio_strength).to(self.device)
-            noise_level = schedule.sigma_max
-            latents = ref_latents * (1 - noise_level) + latents * noise_level
-
-        attention_mask = torch.ones(batch, frames, device=self.device, dtype=self.dtype)
-        velocity = self.guided_velocity(call, cond, attention_mask, schedule.num_inference_steps,
-                                        guided, double_condition)
-        if repaint is not None:
-            latents = repaint_loop(velocity, repaint, schedule, self.dtype, on_step)
-        else:
-            latents = sampling.sample(velocity, latents, schedule, call.scheduler_type,
-                                      omega_scale=call.omega_scale, generator=generators[0],
-                                      on_step=on_step)
-        cut_head, cut_tail = trimmed
-        if cut_head is not None:
-            latents = torch.cat([cut_head, latents], dim=-1)
-        if cut_tail is not None:
-            latents = torch.cat([latents, cut_tail], dim=-1)
-        return latents
-
-    def guided_velocity(self, call: PipelineCall, cond: Conditions, attention_mask: torch.Tensor,
-                        num_steps: int, guided: bool, double_condition: bool):
+    def guided_velocity(self, settings: Sampling, cond: Conditions, attention_mask: torch.Tensor,
+                        num_steps: int) -> sampling.VelocityFn:
         """velocity(x, t, step) with upstream's guidance: interval, decay, ERG, the cfg rule."""
         model = self.transformer
         hidden, hidden_mask = model.encode(cond.text_hidden, cond.text_mask, cond.speaker,
                                            cond.lyric_ids, cond.lyric_mask)
         zeros_speaker = torch.zeros_like(cond.speaker)
-        if call.use_erg_lyric:
+        if settings.use_erg_lyric:
             null_text = (cond.text_hidden_erg if cond.text_hidden_erg is not None
                          else torch.zeros_like(cond.text_hidden))
             hidden_null, _ = model.encode(null_text, cond.text_mask, zeros_speaker, cond.lyric_ids,
@@ -357,15 +362,13 @@ class V1Pipeline:
             hidden_null, _ = model.encode(torch.zeros_like(cond.text_hidden), cond.text_mask,
                                           zeros_speaker, torch.zeros_like(cond.lyric_ids), cond.lyric_mask)
         hidden_text_only = None
-        if double_condition:
-            if call.use_erg_lyric:
-                hidden_text_only, _ = model.encode(cond.text_hidden, cond.text_mask, zeros_speaker,
-                                                   cond.lyric_ids, cond.lyric_mask, erg_lyric=True)
-            else:
-                hidden_text_only, _ = model.encode(cond.text_hidden, cond.text_mask, zeros_speaker,
-                                                   torch.zeros_like(cond.lyric_ids), cond.lyric_mask)
+        if settings.double_condition:
+            lyric_ids = cond.lyric_ids if settings.use_erg_lyric else torch.zeros_like(cond.lyric_ids)
+            hidden_text_only, _ = model.encode(cond.text_hidden, cond.text_mask, zeros_speaker,
+                                               lyric_ids, cond.lyric_mask,
+                                               erg_lyric=settings.use_erg_lyric)
 
-        start, end = sampling.guidance_window(num_steps, call.guidance_interval)
+        start, end = sampling.guidance_window(num_steps, settings.guidance_interval)
         momentum = sampling.APGMomentum()
 
         def decode(x, timestep, encoder_hidden, erg_diffusion=False):
@@ -374,184 +377,109 @@ class V1Pipeline:
 
         def velocity(x: torch.Tensor, t: torch.Tensor, step: int) -> torch.Tensor:
             timestep = t.expand(x.shape[0])
-            if not (guided and start <= step < end):
+            if not (settings.guided and start <= step < end):
                 return decode(x, timestep, hidden)
-            scale = sampling.guidance_scale_at(step, start, end, call.guidance_scale,
-                                               call.min_guidance_scale, call.guidance_interval_decay)
+            scale = sampling.guidance_scale_at(step, start, end, settings.guidance_scale,
+                                               settings.minimum_guidance_scale,
+                                               settings.guidance_interval_decay)
             with_cond = decode(x, timestep, hidden)
             text_only = decode(x, timestep, hidden_text_only) if hidden_text_only is not None else None
-            uncond = decode(x, timestep, hidden_null, erg_diffusion=call.use_erg_diffusion)
+            uncond = decode(x, timestep, hidden_null, erg_diffusion=settings.use_erg_diffusion)
             if text_only is not None:
                 return sampling.double_condition(with_cond, text_only, uncond,
-                                                 call.guidance_scale_text, call.guidance_scale_lyric)
-            if call.cfg_type == "apg":
+                                                 settings.tag_guidance_scale,
+                                                 settings.lyric_guidance_scale)
+            if settings.guidance_type == "apg":
                 return sampling.apg(with_cond, uncond, scale, momentum)
-            if call.cfg_type == "cfg":
+            if settings.guidance_type == "cfg":
                 return sampling.cfg(with_cond, uncond, scale)
             return sampling.cfg_zero_star(with_cond, uncond, scale, step)
 
         return velocity
 
-    # 4b. edit (FlowEdit) -------------------------------------------------------------------------
-
-    def flow_edit(self, call: PipelineCall, source: Conditions, target: Conditions,
-                  src_latents: torch.Tensor, generators: list[torch.Generator],
-                  on_step: StepCallback | None) -> torch.Tensor:
+    def flow_edit(self, job: V1Job, source: Conditions, target: Conditions, src_latents: torch.Tensor,
+                  generators: list[torch.Generator], on_step: StepCallback | None) -> torch.Tensor:
         """Upstream `flowedit_diffusion_process`: always the Euler schedule, APG, no ERG."""
-        guided = call.guidance_scale not in (0.0, 1.0)
-        batch = source.text_hidden.shape[0]
-        schedule = sampling.flow_schedule(call.infer_step, scheduler="euler").to(self.device)
-        timesteps = schedule.timesteps
+        assert job.edit is not None
+        settings = job.sampling
+        batch = job.batch_size
+        schedule = sampling.flow_schedule(settings.number_of_steps, scheduler="euler").to(self.device)
         attention_mask = torch.ones(batch, src_latents.shape[-1], device=self.device, dtype=self.dtype)
-        if guided:
+        if settings.guided:
             attention_mask = torch.cat([attention_mask] * 2)
             source, target = with_null_condition(source), with_null_condition(target)
         source_momentum, target_momentum = sampling.APGMomentum(), sampling.APGMomentum()
 
         def predict(cond: Conditions, x: torch.Tensor, t: torch.Tensor,
                     momentum: sampling.APGMomentum | None) -> torch.Tensor:
-            model_input = torch.cat([x, x]) if guided else x
+            model_input = torch.cat([x, x]) if settings.guided else x
             hidden, mask = self.transformer.encode(cond.text_hidden, cond.text_mask, cond.speaker,
                                                    cond.lyric_ids, cond.lyric_mask)
             v = self.transformer.decode(model_input, attention_mask, hidden, mask,
                                         t.expand(model_input.shape[0]))
-            if not guided:
+            if not settings.guided:
                 return v
             with_cond, uncond = v.chunk(2)
-            return sampling.apg(with_cond, uncond, call.guidance_scale, momentum)
+            return sampling.apg(with_cond, uncond, settings.guidance_scale, momentum)
 
-        x_src = src_latents
-        z_edit = x_src.clone()
-        x_target = None
-        first_step = int(call.infer_step * call.edit_n_min)
-        last_edit_step = int(call.infer_step * call.edit_n_max)
-        total = len(timesteps)
-        for step, t in enumerate(timesteps):
-            if step < first_step:
-                continue
-            t_now = t / 1000
-            t_next = timesteps[step + 1] / 1000 if step + 1 < total else torch.zeros_like(t_now)
-            if step < last_edit_step:
-                delta = torch.zeros_like(x_src)
-                for _ in range(call.edit_n_avg):
-                    forward_noise = self.noise(x_src.shape, generators)
-                    z_src = (1 - t_now) * x_src + t_now * forward_noise
-                    z_target = z_edit + z_src - x_src
-                    v_src = predict(source, z_src, t, source_momentum)
-                    # Upstream passes no momentum buffer to the target pass inside the edit window.
-                    v_target = predict(target, z_target, t, None)
-                    delta += (1 / call.edit_n_avg) * (v_target - v_src)
-                z_edit = z_edit.to(torch.float32)
-                if call.scheduler_type != "pingpong":
-                    z_edit = (z_edit + (t_next - t_now) * delta).to(self.dtype)
-                else:
-                    # Upstream's pingpong edit only draws its noise here and never updates z_edit;
-                    # kept, because that is what the released app does (same seed, same song).
-                    torch.empty_like(z_edit).normal_(generator=generators[0])
-            else:
-                if step == last_edit_step:
-                    forward_noise = self.noise(x_src.shape, generators)
-                    sigma = schedule.sigmas[step]
-                    x_t = sigma * forward_noise + (1.0 - sigma) * x_src
-                    x_target = z_edit + x_t - x_src
-                v_target = predict(target, x_target, t, target_momentum)
-                x_target = x_target.to(torch.float32)
-                if call.scheduler_type != "pingpong":
-                    x_target = (x_target + (t_next - t_now) * v_target).to(self.dtype)
-                else:
-                    denoised = x_target - t_now * v_target
-                    noise = torch.empty_like(z_edit).normal_(generator=generators[0])
-                    x_target = (1 - t_next) * denoised + t_next * noise
-            if on_step is not None:
-                on_step(step + 1, total)
-        return z_edit if x_target is None else x_target
+        return sampling.sample_flow_edit(
+            lambda x, t: predict(source, x, t, source_momentum),
+            # Upstream passes no momentum buffer to the target pass inside the edit window.
+            lambda x, t, after_edit: predict(target, x, t, target_momentum if after_edit else None),
+            src_latents, schedule, first_step=int(settings.number_of_steps * job.edit.n_min),
+            last_edit_step=int(settings.number_of_steps * job.edit.n_max), n_avg=job.edit.n_avg,
+            noise_fn=lambda: self.noise(tuple(src_latents.shape), generators),
+            pingpong=settings.scheduler == "pingpong", generator=generators[0], on_step=on_step)
 
 
-@dataclass
-class RepaintState:
-    x0: torch.Tensor  # the source latents the unmasked frames return to
-    z0: torch.Tensor  # the noise the masked frames start from
-    mask: torch.Tensor  # 1 where new audio is made
-    first_step: int  # steps before it are skipped (variance < 1 keeps the start of the path)
+def sampling_schedule(settings: Sampling, dtype: torch.dtype) -> sampling.Schedule:
+    """The schedule of the job's scheduler: the oss_steps levels when given, else N even steps."""
+    if settings.oss_steps:
+        return sampling.flow_schedule(len(settings.oss_steps), scheduler=settings.scheduler,
+                                      sigmas=sampling.oss_sigmas(settings.oss_steps, dtype))
+    return sampling.flow_schedule(settings.number_of_steps, scheduler=settings.scheduler)
 
 
-@dataclass
-class ExtendWindow:
-    x0: torch.Tensor
-    z0: torch.Tensor
-    mask: torch.Tensor
-    cut_head: torch.Tensor | None  # source frames outside the 240 s window, put back afterwards
-    cut_tail: torch.Tensor | None
+def retake_blend(noise: torch.Tensor, retake: torch.Tensor, variance: float) -> torch.Tensor:
+    """cos(θ)·noise + sin(θ)·retake at θ = variance·π/2, θ held in the latents' dtype as upstream."""
+    angle = torch.tensor(variance * math.pi / 2).to(noise.device).to(noise.dtype)
+    return torch.cos(angle) * noise + torch.sin(angle) * retake
 
 
-def extend_window(src: torch.Tensor, seed_noise: torch.Tensor, retake_noise: torch.Tensor,
-                  start_frame: int, end_frame: int) -> ExtendWindow:
-    """The latents, start noise and mask of an extension by `-start_frame` / `end_frame - len`.
+def repaint_latents(source: torch.Tensor, noise: torch.Tensor, blended: torch.Tensor,
+                    region: tuple[int, int], first_step: int) -> Repaint:
+    """Repaint frames [start, end): the blended noise there, the seed's noise elsewhere."""
+    start, end = region
+    mask = torch.zeros_like(noise)
+    mask[..., start:end] = 1.0
+    return Repaint(x0=source, z0=torch.where(mask == 1.0, blended, noise), mask=mask,
+                   first_step=first_step)
 
-    Deviations from upstream, which only change requests upstream crashes on or gets wrong:
-    - both sides at once: upstream pads the right side by R - L frames (it measures R against the
-      already left-padded clip); we pad by R, the length asked for;
-    - past 240 s (2583 frames) upstream's trim re-attaches the wrong frames; we keep the new audio
-      plus the source next to it in the window and put the cut source frames back unchanged.
+
+def extend_latents(source: torch.Tensor, noise: torch.Tensor, retake: torch.Tensor, left: int,
+                   right: int, first_step: int) -> Repaint:
+    """The source with `left` and `right` new frames: retake noise there, the seed's noise on it.
+
+    Deviation from upstream, which only changes requests it gets wrong: extending both sides at
+    once, upstream pads the right side by right - left frames (it measures the end against the
+    already left-padded clip); we pad by `right`, the length asked for.
     """
-    source_frames = src.shape[-1]
-    left = -start_frame if start_frame < 0 else 0
-    right = end_frame - source_frames if end_frame > source_frames else 0
-    if left + right > MAX_FRAMES:
-        raise InputError(f"extending by {left / LATENT_FRAMES_PER_SECOND:.1f} s before and "
-                         f"{right / LATENT_FRAMES_PER_SECOND:.1f} s after is more than the 240 s ACE-Step "
-                         f"v1 can make in one call; extend one side at a time")
-    keep_from, keep_to = 0, source_frames  # the source frames inside the window
-    overflow = left + source_frames + right - MAX_FRAMES
-    if overflow > 0 and left and right:
-        raise InputError("extending both sides of this source makes more than 240 s, which ACE-Step "
-                         "v1 cannot see at once; extend one side at a time")
-    if overflow > 0 and left:
-        keep_to = source_frames - overflow
-    elif overflow > 0:
-        keep_from = overflow
-    kept = src[..., keep_from:keep_to]
-    x0 = torch.nn.functional.pad(kept, (left, right))
+    x0 = torch.nn.functional.pad(source, (left, right))
     mask = torch.zeros_like(x0)
-    if left:
-        mask[..., :left] = 1.0
+    mask[..., :left] = 1.0
     if right:
         mask[..., -right:] = 1.0
-    pieces = []
-    if left:
-        pieces.append(retake_noise[..., :left])
-    pieces.append(seed_noise[..., keep_from:keep_to])
-    if right:
-        pieces.append(retake_noise[..., -right:])
-    z0 = torch.cat(pieces, dim=-1)
-    cut_head = src[..., :keep_from] if keep_from > 0 else None
-    cut_tail = src[..., keep_to:] if keep_to < source_frames else None
-    return ExtendWindow(x0=x0, z0=z0, mask=mask, cut_head=cut_head, cut_tail=cut_tail)
+    pieces = [retake[..., :left], noise[..., :source.shape[-1]]] + ([retake[..., -right:]] if right else [])
+    return Repaint(x0=x0, z0=torch.cat(pieces, dim=-1), mask=mask, first_step=first_step)
 
 
-def repaint_loop(velocity, state: RepaintState, schedule: sampling.Schedule, dtype: torch.dtype,
-                 on_step: StepCallback | None) -> torch.Tensor:
-    """Upstream's repaint/extend loop: plain Euler on the masked frames, the source path elsewhere."""
-    timesteps = schedule.timesteps
-    total = len(timesteps)
-    x0, z0, mask = state.x0, state.z0, state.mask
-    latents = None
-    for step, t in enumerate(timesteps):
-        if step < state.first_step:
-            continue
-        t_now = t / 1000
-        if step == state.first_step:
-            # Upstream writes this as edit + noised - x0 with edit = x0; the rounding is kept.
-            latents = x0 + ((1 - t_now) * x0 + t_now * z0) - x0
-        v = velocity(latents, t, step)
-        t_next = timesteps[step + 1] / 1000 if step + 1 < total else torch.zeros_like(t_now)
-        latents = (latents.to(torch.float32) + (t_next - t_now) * v).to(dtype)
-        latents = torch.where(mask == 1.0, latents, (1 - t_next) * x0 + t_next * z0)
-        if on_step is not None:
-            on_step(step + 1, total)
-    if latents is None:  # variance 0: nothing is regenerated
-        latents = x0.clone()
-    return latents
+def audio2audio_latents(settings: Sampling, reference: torch.Tensor, noise: torch.Tensor,
+                        strength: float) -> tuple[sampling.Schedule, torch.Tensor]:
+    """Upstream's audio2audio: a schedule topped at σ = 1 - strength, the reference noised to it."""
+    schedule = sampling.flow_schedule(int((1 - strength) * settings.base_steps),
+                                      scheduler=settings.scheduler, sigma_max=1 - strength)
+    noise_level = schedule.sigma_max
+    return schedule, reference * (1 - noise_level) + noise * noise_level
 
 
 def with_null_condition(cond: Conditions) -> Conditions:
@@ -561,75 +489,3 @@ def with_null_condition(cond: Conditions) -> Conditions:
                       speaker=torch.cat([cond.speaker, torch.zeros_like(cond.speaker)]),
                       lyric_ids=torch.cat([cond.lyric_ids, torch.zeros_like(cond.lyric_ids)]),
                       lyric_mask=torch.cat([cond.lyric_mask, torch.zeros_like(cond.lyric_mask)]))
-
-
-def parse_seeds(seeds: Any) -> int | list[int] | None:
-    """Upstream's seed parsing: "1,2" -> [1, 2]; "7" -> 7; an int or a list of ints; else None."""
-    if isinstance(seeds, str):
-        if "," in seeds:
-            try:
-                return [int(part) for part in seeds.split(",")]
-            except ValueError:
-                raise InputError(f"seeds must be whole numbers separated by commas, not '{seeds}'") from None
-        return int(seeds) if seeds.isdigit() else None
-    if isinstance(seeds, bool):
-        return None
-    if isinstance(seeds, int):
-        return seeds
-    if isinstance(seeds, (list, tuple)) and seeds and all(isinstance(s, int) for s in seeds):
-        return list(seeds)
-    return None
-
-
-def parse_oss_steps(oss_steps: Any) -> list[int]:
-    """"16, 29, 52" (upstream's text form) or a list of ints -> the list; empty -> []."""
-    if oss_steps is None or oss_steps == "":
-        return []
-    if isinstance(oss_steps, str):
-        try:
-            steps = [int(part) for part in oss_steps.split(",")]
-        except ValueError:
-            raise InputError(f"oss_steps must be whole numbers separated by commas, not '{oss_steps}'") from None
-    else:
-        steps = [int(step) for step in oss_steps]
-    if any(step < 1 for step in steps):
-        raise InputError(f"oss_steps are 1-based step numbers; {steps} has one below 1")
-    return steps
-
-
-def check_call(call: PipelineCall, task: str) -> None:
-    """What upstream asserts (or crashes on later), as messages that say what to fix."""
-    if task in ("repaint", "extend", "edit") and call.src_audio is None:
-        raise InputError(f"the {task} task needs source audio")
-    if task == "edit" and call.edit_target_prompt is None:
-        raise InputError("the edit task needs the new tags (edit_target_prompt)")
-    if call.scheduler_type not in ("euler", "heun", "pingpong"):
-        raise InputError(f"scheduler must be euler, heun or pingpong, not '{call.scheduler_type}'")
-    if call.cfg_type not in ("apg", "cfg", "cfg_star"):
-        raise InputError(f"guidance type must be apg, cfg or cfg_star, not '{call.cfg_type}'")
-    if call.scheduler_type == "heun" and parse_oss_steps(call.oss_steps):
-        raise InputError("oss_steps work with the euler and pingpong schedulers, not heun")
-    if task == "audio2audio":
-        check_audio2audio_steps(call.ref_audio_strength, call.infer_step)
-
-
-def check_audio2audio_steps(strength: float, steps: int) -> None:
-    """Audio-to-audio runs int((1 - strength) x steps) steps: refuse a request that runs none."""
-    if int((1 - strength) * steps) < 1:
-        raise InputError(f"audio-to-audio runs (1 - audio2audio_strength) x number_of_steps = "
-                         f"{(1 - strength) * steps:g} steps, less than one; lower "
-                         f"audio2audio_strength or raise number_of_steps")
-
-
-def upstream_params(call: PipelineCall, task: str, seeds: list[int], retake_seeds: list[int],
-                    oss_steps: list[int]) -> dict[str, Any]:
-    """The params dict upstream returns (without paths and time costs)."""
-    names = [f.name for f in dataclasses.fields(PipelineCall)
-             if f.name not in ("src_audio", "ref_audio", "batch_size", "manual_seeds", "retake_seeds")]
-    params = {name: getattr(call, name) for name in names}
-    params.update(task=task, actual_seeds=seeds, retake_seeds=retake_seeds, oss_steps=oss_steps)
-    if task == "edit":
-        params.update(prompt=call.edit_target_prompt, lyrics=call.edit_target_lyrics)
-    if task == "retake":
-        params.update(repaint_start=0, repaint_end=call.audio_duration)
-    return params

@@ -7,8 +7,10 @@ audio2audio scheduler), and the guidance rules (CFG, APG, CFG-zero*, double cond
 interval and decay). The order of floating-point operations follows upstream where it changes
 results; that is why some expressions below are not written in their simplest form.
 
-A sampler step is `step(x, velocity, sigma, sigma_next, ...) -> x_next`; `sample` runs the loop
-k-diffusion style over a `Schedule` with a caller-supplied `velocity_fn` that does the guidance.
+A sampler step is `step(x, velocity, sigma, sigma_next, ...) -> x_next`; each sampler
+(`sample_euler`, `sample_heun`, `sample_pingpong`, `sample_repaint`, `sample_flow_edit`) runs its
+loop k-diffusion style over a `Schedule` with a caller-supplied velocity function that does the
+guidance, and reports every model call to an `on_step(done, total)` callback.
 """
 
 from __future__ import annotations
@@ -234,36 +236,137 @@ def pingpong_step(x: Tensor, velocity: Tensor, sigma: Tensor | float, sigma_next
 
 VelocityFn = Callable[[Tensor, Tensor, int], Tensor]
 StepCallback = Callable[[int, int], None]
+NoiseFn = Callable[[], Tensor]
+
+
+def _report(on_step: StepCallback | None, done: int, total: int) -> None:
+    if on_step is not None:
+        on_step(done, total)
+
+
+def sample_euler(velocity_fn: VelocityFn, x: Tensor, schedule: Schedule, *, omega_scale: float,
+                 on_step: StepCallback | None = None) -> Tensor:
+    """Upstream's euler loop. `velocity_fn(x, timestep, loop_index)` returns the guided velocity
+    for the 0-d `timestep`; `on_step(done, total)` is called after every model call."""
+    timesteps, sigmas = schedule.timesteps, schedule.sigmas
+    for index in range(len(timesteps)):
+        velocity = velocity_fn(x, timesteps[index], index)
+        x = euler_step(x, velocity, sigmas[index], sigmas[index + 1], omega_scale)
+        _report(on_step, index + 1, len(timesteps))
+    return x
+
+
+def sample_heun(velocity_fn: VelocityFn, x: Tensor, schedule: Schedule, *, omega_scale: float,
+                on_step: StepCallback | None = None) -> Tensor:
+    """Upstream's heun loop over `heun_schedule`: a predictor call, then a corrector call at the
+    repeated timestep (2N-1 model calls; the loop index is what guidance compares with)."""
+    timesteps, sigmas = schedule.timesteps, schedule.sigmas
+    state: HeunState | None = None
+    for index in range(len(timesteps)):
+        velocity = velocity_fn(x, timesteps[index], index)
+        if state is None:
+            x, state = heun_first_order_step(x, velocity, sigmas[index], sigmas[index + 1], omega_scale)
+        else:
+            x, state = heun_correction_step(x, velocity, sigmas[index], state, omega_scale), None
+        _report(on_step, index + 1, len(timesteps))
+    return x
+
+
+def sample_pingpong(velocity_fn: VelocityFn, x: Tensor, schedule: Schedule, *,
+                    generator: torch.Generator | None, on_step: StepCallback | None = None) -> Tensor:
+    """Upstream's pingpong (SDE) loop: every step denoises and re-noises from `generator`."""
+    timesteps, sigmas = schedule.timesteps, schedule.sigmas
+    for index in range(len(timesteps)):
+        velocity = velocity_fn(x, timesteps[index], index)
+        x = pingpong_step(x, velocity, sigmas[index], sigmas[index + 1], generator)
+        _report(on_step, index + 1, len(timesteps))
+    return x
 
 
 def sample(velocity_fn: VelocityFn, x: Tensor, schedule: Schedule, scheduler: str, *,
            omega_scale: float, generator: torch.Generator | None = None,
            on_step: StepCallback | None = None) -> Tensor:
-    """Run upstream's sampling loop; returns the final latents.
-
-    `velocity_fn(x, timestep, loop_index)` returns the (guided) velocity for the 0-d `timestep`; the
-    loop index is what upstream's guidance interval and CFG-zero* compare with (heun: 0..2N-2).
-    `on_step(done, total)` is called after every model call.
-    """
+    """The sampler `scheduler` names (pingpong ignores omega, euler and heun draw no noise)."""
     check_scheduler(scheduler)
-    timesteps, sigmas = schedule.timesteps, schedule.sigmas
+    if scheduler == "pingpong":
+        return sample_pingpong(velocity_fn, x, schedule, generator=generator, on_step=on_step)
+    chosen = sample_euler if scheduler == "euler" else sample_heun
+    return chosen(velocity_fn, x, schedule, omega_scale=omega_scale, on_step=on_step)
+
+
+def sample_repaint(velocity_fn: VelocityFn, x0: Tensor, z0: Tensor, mask: Tensor, schedule: Schedule,
+                   *, first_step: int, on_step: StepCallback | None = None) -> Tensor:
+    """Upstream's repaint / extend loop: plain Euler where `mask` is 1, elsewhere the straight path
+    (1-σ)·x0 + σ·z0 from the source latents `x0` to the noise `z0`.
+
+    Steps before `first_step` are skipped (variance < 1 keeps the start of the path); with none
+    left the source comes back unchanged. σ is timestep/1000, as upstream computes it here.
+    """
+    timesteps = schedule.timesteps
     total = len(timesteps)
-    heun_state: HeunState | None = None
-    for index in range(total):
-        velocity = velocity_fn(x, timesteps[index], index)
-        if scheduler == "euler":
-            x = euler_step(x, velocity, sigmas[index], sigmas[index + 1], omega_scale)
-        elif scheduler == "pingpong":
-            x = pingpong_step(x, velocity, sigmas[index], sigmas[index + 1], generator)
-        elif heun_state is None:
-            x, heun_state = heun_first_order_step(x, velocity, sigmas[index], sigmas[index + 1],
-                                                  omega_scale)
+    x = None
+    for index in range(first_step, total):
+        t = timesteps[index]
+        sigma = t / NUM_TRAIN_TIMESTEPS
+        sigma_next = timesteps[index + 1] / NUM_TRAIN_TIMESTEPS if index + 1 < total else torch.zeros_like(sigma)
+        if x is None:
+            # Upstream writes the start as edit + noised - x0 with edit = x0; the rounding is kept.
+            x = x0 + ((1 - sigma) * x0 + sigma * z0) - x0
+        x = plain_euler_step(x, velocity_fn(x, t, index), sigma, sigma_next)
+        x = torch.where(mask == 1.0, x, (1 - sigma_next) * x0 + sigma_next * z0)
+        _report(on_step, index + 1, total)
+    return x0.clone() if x is None else x
+
+
+def sample_flow_edit(source_velocity: Callable[[Tensor, Tensor], Tensor],
+                     target_velocity: Callable[[Tensor, Tensor, bool], Tensor], x_src: Tensor,
+                     schedule: Schedule, *, first_step: int, last_edit_step: int, n_avg: int,
+                     noise_fn: NoiseFn, pingpong: bool, generator: torch.Generator | None,
+                     on_step: StepCallback | None = None) -> Tensor:
+    """Upstream's FlowEdit loop (`flowedit_diffusion_process`) from the source latents `x_src`.
+
+    Steps [first_step, last_edit_step) move z_edit by the averaged difference of the target and
+    source velocities at matched noisy points (`n_avg` forward noises from `noise_fn`); the steps
+    after continue from z_edit re-noised to that level and follow the target alone.
+    `target_velocity(x, t, momentum)` uses the target's APG momentum only outside the edit window,
+    as upstream does. Arithmetic dtypes follow upstream's, casts included.
+    """
+    timesteps = schedule.timesteps
+    total = len(timesteps)
+    dtype = x_src.dtype
+    z_edit = x_src.clone()
+    x_target = None
+    for index in range(first_step, total):
+        t = timesteps[index]
+        t_now = t / NUM_TRAIN_TIMESTEPS
+        t_next = timesteps[index + 1] / NUM_TRAIN_TIMESTEPS if index + 1 < total else torch.zeros_like(t_now)
+        if index < last_edit_step:
+            delta = torch.zeros_like(x_src)
+            for _ in range(n_avg):
+                z_src = (1 - t_now) * x_src + t_now * noise_fn()
+                z_target = z_edit + z_src - x_src
+                v_src = source_velocity(z_src, t)
+                delta += (1 / n_avg) * (target_velocity(z_target, t, False) - v_src)
+            if pingpong:
+                # Upstream's pingpong edit only draws its noise here and never moves z_edit (which it
+                # has cast to float32); kept, because that is what the released app does.
+                z_edit = z_edit.to(torch.float32)
+                torch.empty_like(z_edit).normal_(generator=generator)
+            else:
+                z_edit = plain_euler_step(z_edit, delta, t_now, t_next).to(dtype)
         else:
-            x = heun_correction_step(x, velocity, sigmas[index], heun_state, omega_scale)
-            heun_state = None
-        if on_step is not None:
-            on_step(index + 1, total)
-    return x
+            if x_target is None:
+                x_t = schedule.sigmas[index] * noise_fn() + (1.0 - schedule.sigmas[index]) * x_src
+                x_target = z_edit + x_t - x_src
+            velocity = target_velocity(x_target, t, True)
+            x_target = x_target.to(torch.float32)
+            if pingpong:
+                noise = torch.empty_like(z_edit).normal_(generator=generator)
+                x_target = (1 - t_next) * (x_target - t_now * velocity) + t_next * noise
+            else:
+                x_target = (x_target + (t_next - t_now) * velocity).to(dtype)
+        _report(on_step, index + 1, total)
+    return z_edit if x_target is None else x_target
 
 
 # Guidance --------------------------------------------------------------------------------------------

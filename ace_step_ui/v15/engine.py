@@ -1,13 +1,11 @@
-"""ACE-Step 1.5 on diffusers' `AceStepPipeline`: generate, inpaint and outpaint.
+"""ACE-Step 1.5 on diffusers' `AceStepPipeline`: generate, and the windows of inpaint and outpaint.
 
-diffusers regenerates the whole clip when it repaints and has no extend, so both are completed here
-(see ../shared/reference/ace_step_15_diffusers.md §1.4):
-1. the model sees a window of the source around the edit, at 48 kHz stereo, padded to whole latent
-   frames (outpaint: the source context plus zeros where the new audio goes);
-2. diffusers repaints the edited span of that window;
-3. the result goes back to the source's sample rate and channels, is level-matched to the source
-   context it re-rendered (diffusers peak-normalises every output), and is spliced into the original
-   with equal-power crossfades inside the edited range, so every sample outside it is the input's.
+diffusers regenerates the whole clip when it repaints and has no extend (see
+../shared/reference/ace_step_15_diffusers.md §1.4); edits.py cuts the window, this engine runs it:
+1. the window goes to the model at 48 kHz stereo, padded to whole latent frames (extend: the
+   source context plus silence where the new audio goes);
+2. diffusers repaints the new span of it, with the noise drawn here from the seeds;
+3. the re-rendered window goes back to edits.py, which splices it into the original.
 
 The edit task and audio-to-audio (a reference track) are ACE-Step v1's; 1.5 refuses them before any
 work, and does not honour v1's other parameters (ERG, oss_steps, LoRA, a generate variance).
@@ -24,6 +22,7 @@ import torch
 
 from .. import audio as audio_ops
 from ..audio import Audio
+from ..edits import fit_end
 from ..engines import (DEFAULT_MODEL, EngineOutput, Family, StepCallback, pick_device, pick_dtype,
                        read_json, register)
 from ..errors import InputError
@@ -33,17 +32,16 @@ from ..requests import (BaseRequest, EditRequest, GenerateRequest, InpaintReques
 
 HUB_IDS = ("ACE-Step/acestep-v15-xl-turbo-diffusers", "ACE-Step/acestep-v15-xl-base-diffusers")
 PIPELINE_CLASS = "AceStepPipeline"
-MAX_WINDOW_S = 240.0  # the model sees at most this much around an edit (upstream v1's window)
-MIN_CONTEXT_S = 10.0
-CROSSFADE_S = 0.05
 
 COMMON = frozenset({"tags", "lyrics", "seed", "number_of_steps"})
 GUIDED = frozenset({"guidance_scale", "guidance_interval"})  # base only: turbo is distilled
 TASK_PARAMS = {
     "generate": frozenset({"duration"}),
     "inpaint": frozenset({"audio", "start_time", "start_time_relative_to", "end_time",
-                          "end_time_relative_to", "variance", "retake_seed"}),
-    "outpaint": frozenset({"audio", "extend_before_duration", "extend_after_duration"}),
+                          "end_time_relative_to", "variance", "retake_seed", "context_duration",
+                          "crossfade_duration"}),
+    "outpaint": frozenset({"audio", "extend_before_duration", "extend_after_duration",
+                           "context_duration"}),
 }
 
 
@@ -187,87 +185,42 @@ class AceStep15Engine:
         latent_frames = math.ceil(request.duration * self.pipe.latents_per_second)
         shape = (1, latent_frames, self.pipe.transformer.config.audio_acoustic_hidden_dim)
         latents = blended_noise(shape, seed, seed, 0.0, self.pipe.device, self.pipe.transformer.dtype)
-        wave = self._run(request, settings, seed, on_step, total_steps=settings["num_inference_steps"],
-                         audio_duration=request.duration, latents=latents)
+        wave = self._run(request, settings, seed, on_step, audio_duration=request.duration,
+                         latents=latents)
         frames = audio_ops.seconds_to_frames(request.duration, self.sample_rate)
-        return EngineOutput(Audio(_fit(wave, frames), self.sample_rate),
+        return EngineOutput(Audio(fit_end(wave, frames), self.sample_rate),
                             {**settings, "latent_frames": latent_frames})
 
-    def inpaint(self, request: InpaintRequest, source: Audio, start_s: float, end_s: float,
+    def repaint(self, request: InpaintRequest, window: Audio, start_s: float, end_s: float,
                 seed: int, retake_seed: int, on_step: StepCallback) -> EngineOutput:
         settings = self._settings(request)
-        context_s = max(MIN_CONTEXT_S, (MAX_WINDOW_S - (end_s - start_s)) / 2)
-        window_start_s = max(0.0, start_s - context_s)
-        window_end_s = min(source.duration_s, end_s + context_s)
-        window = self._model_audio(source, window_start_s, window_end_s)
-        rendered = self._repaint(request, settings, window, start_s - window_start_s,
-                                 end_s - window_start_s, seed, retake_seed, request.variance, on_step,
-                                 step_offset=0, total_steps=settings["num_inference_steps"])
-        rendered = self._back_to_source(rendered, source, window_end_s - window_start_s)
+        wave = self._repaint(request, settings, self._model_audio(window), start_s, end_s, seed,
+                             retake_seed, request.variance, on_step)
+        return EngineOutput(Audio(wave, self.sample_rate), settings)
 
-        first = audio_ops.seconds_to_frames(window_start_s, source.sample_rate)
-        start = audio_ops.seconds_to_frames(start_s, source.sample_rate)
-        end = audio_ops.seconds_to_frames(end_s, source.sample_rate)
-        last = first + rendered.shape[-1]
-        original = source.samples
-        context = torch.cat([original[:, first:start], original[:, end:last]], dim=-1)
-        rendered_context = torch.cat([rendered[:, :start - first], rendered[:, end - first:]], dim=-1)
-        gain = audio_ops.level_match_gain(context, rendered_context)
-        replacement = original.clone()
-        replacement[:, first:last] = rendered * gain
-        fade = audio_ops.seconds_to_frames(CROSSFADE_S, source.sample_rate)
-        spliced = audio_ops.splice(original, replacement, start, end, fade)
-        return EngineOutput(Audio(spliced, source.sample_rate),
-                            {**settings, "window_s": [window_start_s, window_end_s], "gain": gain})
+    extends_both_sides = False  # diffusers repaints one span a call
 
-    def outpaint(self, request: OutpaintRequest, source: Audio, seed: int, retake_seed: int,
-                 on_step: StepCallback) -> EngineOutput:
+    def extend(self, request: OutpaintRequest, context: Audio, before_s: float, after_s: float,
+               seed: int, retake_seed: int, on_step: StepCallback) -> EngineOutput:
+        """New audio of `before_s` or `after_s` (one side) next to `context`."""
+        if before_s > 0 and after_s > 0:
+            raise ValueError("ACE-Step 1.5 extends one side a call")
         settings = self._settings(request)
-        sides = [(side, seconds) for side, seconds in (("before", request.extend_before_duration),
-                                                       ("after", request.extend_after_duration))
-                 if seconds > 0]
-        steps = settings["num_inference_steps"]
-        pieces: dict[str, torch.Tensor] = {}
-        gains: dict[str, float] = {}
-        for index, (side, seconds) in enumerate(sides):
-            pieces[side], gains[side] = self._extend(request, settings, source, side, seconds, seed,
-                                                     on_step, index * steps, len(sides) * steps)
-        channels = source.channels
-        before = pieces.get("before", torch.zeros(channels, 0))
-        after = pieces.get("after", torch.zeros(channels, 0))
-        extended = torch.cat([before, source.samples, after], dim=-1)
-        return EngineOutput(Audio(extended, source.sample_rate), {**settings, "gain": gains})
+        seconds = before_s or after_s
+        pad = audio_ops.silence(2, audio_ops.seconds_to_frames(seconds, self.sample_rate))
+        heard = self._model_audio(context)
+        window = torch.cat([pad, heard] if before_s > 0 else [heard, pad], dim=-1)
+        start_s = 0.0 if before_s > 0 else heard.shape[-1] / self.sample_rate
+        # Noise from `seed` alone: the padding is all new, there is no earlier take to stay near.
+        wave = self._repaint(request, settings, window, start_s, start_s + seconds, seed, seed, 0.0,
+                             on_step)
+        made = pad.shape[-1] / self.sample_rate
+        return EngineOutput(Audio(wave, self.sample_rate), settings,
+                            extension_s=(made, 0.0) if before_s > 0 else (0.0, made))
 
     def edit(self, request: EditRequest, source: Audio, seed: int, retake_seed: int,
              on_step: StepCallback) -> EngineOutput:
         raise _needs_v1("edit (audio-to-audio)")
-
-    def _extend(self, request: OutpaintRequest, settings: dict[str, Any], source: Audio, side: str,
-                seconds: float, seed: int, on_step: StepCallback, step_offset: int,
-                total_steps: int) -> tuple[torch.Tensor, float]:
-        """New audio of `seconds` on one `side` of the source, at the source's rate and channels."""
-        context_s = min(source.duration_s, max(MIN_CONTEXT_S, MAX_WINDOW_S - seconds))
-        if side == "before":
-            context = self._model_audio(source, 0.0, context_s)
-        else:
-            context = self._model_audio(source, source.duration_s - context_s, source.duration_s)
-        new_frames = audio_ops.seconds_to_frames(seconds, self.sample_rate)
-        pad = audio_ops.silence(2, new_frames)
-        window = torch.cat([pad, context] if side == "before" else [context, pad], dim=-1)
-        start_s, end_s = (0.0, seconds) if side == "before" else (context_s, context_s + seconds)
-        # Noise from `seed` alone: the padding is all new, there is no earlier take to stay near.
-        rendered = self._repaint(request, settings, window, start_s, end_s, seed, seed, 0.0, on_step,
-                                 step_offset, total_steps)
-        rendered = self._back_to_source(rendered, source, context_s + seconds)
-        new = audio_ops.seconds_to_frames(seconds, source.sample_rate)
-        if side == "before":
-            piece, rendered_context = rendered[:, :new], rendered[:, new:]
-            reference = source.samples[:, :rendered_context.shape[-1]]
-        else:
-            piece, rendered_context = rendered[:, -new:], rendered[:, :-new]
-            reference = source.samples[:, source.frames - rendered_context.shape[-1]:]
-        gain = audio_ops.level_match_gain(reference, rendered_context)
-        return piece * gain, gain
 
     def _settings(self, request: Any) -> dict[str, Any]:
         """The values this call runs with: the request's where set, else the variant's preset."""
@@ -282,25 +235,16 @@ class AceStep15Engine:
         return {"variant": self.variant, "num_inference_steps": steps, "shift": self.preset.shift,
                 "guidance_scale": guidance, "cfg_interval": list(interval)}
 
-    def _model_audio(self, source: Audio, start_s: float, end_s: float) -> torch.Tensor:
-        """[start_s, end_s) of the source at the model's rate, stereo."""
-        first = audio_ops.seconds_to_frames(start_s, source.sample_rate)
-        last = audio_ops.seconds_to_frames(end_s, source.sample_rate)
-        piece = Audio(source.samples[:, first:last], source.sample_rate)
-        return audio_ops.to_stereo(audio_ops.resample_audio(piece, self.sample_rate)).samples
-
-    def _back_to_source(self, rendered: torch.Tensor, source: Audio, seconds: float) -> torch.Tensor:
-        """Model output back at the source's rate and channel count, `seconds` long."""
-        audio = audio_ops.resample_audio(Audio(rendered, self.sample_rate), source.sample_rate)
-        audio = audio_ops.to_channels(audio, source.channels)
-        return _fit(audio.samples, audio_ops.seconds_to_frames(seconds, source.sample_rate))
+    def _model_audio(self, audio: Audio) -> torch.Tensor:
+        """`audio` at the model's rate, stereo."""
+        return audio_ops.to_stereo(audio_ops.resample_audio(audio, self.sample_rate)).samples
 
     def _repaint(self, request: Any, settings: dict[str, Any], window: torch.Tensor, start_s: float,
-                 end_s: float, seed: int, retake_seed: int, variance: float, on_step: StepCallback,
-                 step_offset: int, total_steps: int) -> torch.Tensor:
+                 end_s: float, seed: int, retake_seed: int, variance: float,
+                 on_step: StepCallback) -> torch.Tensor:
         frames = window.shape[-1]
         hop = self.frames_per_latent
-        padded = _fit(window, math.ceil(frames / hop) * hop)  # whole latent frames, exact lengths
+        padded = fit_end(window, math.ceil(frames / hop) * hop)  # whole latent frames, exact lengths
         latent_frames = padded.shape[-1] // hop
         shape = (1, latent_frames, self.pipe.transformer.config.audio_acoustic_hidden_dim)
         latents = blended_noise(shape, seed, retake_seed, variance, self.pipe.device,
@@ -309,16 +253,17 @@ class AceStep15Engine:
         devices = [self.pipe.device] if self.pipe.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)
-            wave = self._run(request, settings, seed, on_step, step_offset=step_offset,
-                             total_steps=total_steps, src_audio=padded, task_type="repaint",
+            wave = self._run(request, settings, seed, on_step, src_audio=padded, task_type="repaint",
                              audio_duration=padded.shape[-1] / self.sample_rate,
                              repainting_start=start_s, repainting_end=end_s, latents=latents)
         return wave[:, :frames]
 
     def _run(self, request: Any, settings: dict[str, Any], seed: int, on_step: StepCallback,
-             total_steps: int, step_offset: int = 0, **task_kwargs: Any) -> torch.Tensor:
+             **task_kwargs: Any) -> torch.Tensor:
+        steps = settings["num_inference_steps"]
+
         def step_end(pipe: Any, step: int, timestep: float, tensors: dict) -> dict:
-            on_step(step_offset + step + 1, total_steps)
+            on_step(step + 1, steps)
             return tensors
 
         start, end = settings["cfg_interval"]
@@ -328,10 +273,3 @@ class AceStep15Engine:
                            cfg_interval_start=start, cfg_interval_end=end,
                            callback_on_step_end=step_end, output_type="pt", **task_kwargs)
         return output.audios[0].float().cpu()
-
-
-def _fit(samples: torch.Tensor, frames: int) -> torch.Tensor:
-    """Trim or zero-pad (channels, n) to exactly `frames`."""
-    if samples.shape[-1] >= frames:
-        return samples[..., :frames]
-    return torch.nn.functional.pad(samples, (0, frames - samples.shape[-1]))
