@@ -19,8 +19,8 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from ..audio import Audio, resample_audio, seconds_to_frames, to_channels
-from ..edits import fit_end
+from ..audio import Audio, seconds_to_frames
+from ..edits import fit_end, to_source
 from ..engines import EngineOutput, Family, StepCallback, pick_device, pick_dtype, register
 from ..errors import InputError
 from ..requests import BaseRequest, GenerateRequest
@@ -128,8 +128,8 @@ class V1Engine:
         job = self._job(request, seed, retake_seed, task="edit", source=source, edit=target,
                         tags=request.original_tags, lyrics=request.original_lyrics)
         output = self._run(job, on_step)
-        back = to_channels(resample_audio(output.audio, source.sample_rate), source.channels)
-        return dataclasses.replace(output, audio=Audio(fit_end(back.samples, source.frames),
+        # The source's length, rate and channels, like every other edit.
+        return dataclasses.replace(output, audio=Audio(to_source(output.audio, source, source.frames),
                                                        source.sample_rate))
 
     def _job(self, request, seed: int, retake_seed: int, **fields: Any) -> V1Job:
