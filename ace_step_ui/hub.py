@@ -101,3 +101,53 @@ def require_files(root: Path, names: Sequence[str], model: str,
         raise ModelUnavailableError(
             f"the checkpoint for {model} at {root} is incomplete: missing {', '.join(missing)}. "
             f"{detail}".strip())
+
+
+def lora_file(name_or_path: str, names: Sequence[str]) -> Path:
+    """A LoRA's weights: a file, a folder holding one of `names` (the first found), or a Hugging
+    Face repo id whose snapshot holds one (only those files are downloaded)."""
+    from .errors import InputError
+
+    wanted = " or ".join(names)
+    if not name_or_path or not name_or_path.strip():
+        raise InputError(f"name a LoRA: a folder with {wanted}, the file, or a Hugging Face repo id")
+    local = Path(name_or_path).expanduser()
+    if local.is_file():
+        return local
+    folder = local if local.is_dir() else _download_lora(name_or_path, names)
+    for name in names:
+        if (folder / name).is_file():
+            return folder / name
+    where = f"the LoRA folder {local}" if local.is_dir() else f"the Hugging Face repo {name_or_path}"
+    raise InputError(f"{where} has no {wanted}; LoRAs for this model are saved under that name")
+
+
+def _download_lora(repo_id: str, names: Sequence[str]) -> Path:
+    """The local snapshot of a LoRA repo (only its weights files), downloaded when not cached."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (GatedRepoError, HFValidationError, HfHubHTTPError,
+                                        LocalEntryNotFoundError, RepositoryNotFoundError,
+                                        RevisionNotFoundError)
+
+    from .errors import InputError
+
+    try:
+        # Without a network, the cache alone and at once (see hub_reachable).
+        return Path(snapshot_download(repo_id, allow_patterns=list(names),
+                                      local_files_only=not hub_reachable(repo_id)))
+    except HFValidationError:
+        raise InputError(f"no LoRA file or folder at '{repo_id}', and it is not a Hugging Face "
+                         f"repo id either") from None
+    except GatedRepoError:
+        raise ModelUnavailableError(f"the LoRA repo {repo_id} is gated: accept its terms on the Hub "
+                                    f"and log in with `hf auth login`") from None
+    except (RepositoryNotFoundError, RevisionNotFoundError):
+        raise InputError(f"no LoRA file or folder at '{repo_id}', and no Hugging Face repo of that "
+                         f"name") from None
+    except LocalEntryNotFoundError:
+        raise ModelUnavailableError(
+            f"the LoRA {repo_id} is not in the Hugging Face cache and the Hub cannot be reached. "
+            f"Download it once with a connection (`hf download {repo_id} {names[0]}`) or "
+            f"pass a local folder") from None
+    except HfHubHTTPError as error:
+        raise ModelUnavailableError(f"could not download the LoRA {repo_id}: {error}") from None

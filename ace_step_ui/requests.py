@@ -100,11 +100,12 @@ class BaseRequest:
                                             "the plain schedule." + V1_ONLY,
                                         minimum=1, maximum=MAX_OSS_STEP, advanced=True,
                                         max_length=MAX_OSS_STEPS_CHARS)
-    lora: str = _param("", "LoRA adapter for the transformer: a local folder or file, or a Hub repo "
-                           "id such as ACE-Step/ACE-Step-v1-chinese-rap-LoRA; empty = none."
-                       + V1_ONLY, advanced=True, max_length=MAX_SOURCE_CHARS)
-    lora_scale: float = _param(1.0, "Weight of the LoRA (negative values push away from it)."
-                               + V1_ONLY, minimum=-3.0, maximum=3.0, advanced=True)
+    lora: str = _param("", "LoRA adapter for the transformer, made for the chosen model: a local "
+                           "folder or file, or a Hub repo id such as "
+                           "ACE-Step/ACE-Step-v1-chinese-rap-LoRA; empty = none.",
+                       advanced=True, max_length=MAX_SOURCE_CHARS)
+    lora_scale: float = _param(1.0, "Weight of the LoRA (negative values push away from it).",
+                               minimum=-3.0, maximum=3.0, advanced=True)
     # Names the caller set explicitly; engines keep their own presets for the rest.
     explicit: frozenset = field(default=frozenset(), compare=False, repr=False)
 

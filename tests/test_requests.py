@@ -357,9 +357,9 @@ def test_schema_names_the_kinds():
     assert generate["use_erg_tag"]["type"] == "bool" and generate["use_erg_tag"]["default"] is True
     assert generate["oss_steps"]["type"] == "int_list" and generate["oss_steps"]["default"] == ()
     assert generate["scheduler"]["choices"] == ("euler", "heun", "pingpong")
-    assert "pingpong" in generate["scheduler"]["help"] and "v1 only" in generate["lora"]["help"]
-    v1_only = ["use_erg_tag", "use_erg_lyric", "use_erg_diffusion", "oss_steps", "lora",
-               "lora_scale", "variance", "reference_audio", "audio2audio_strength"]
+    assert "pingpong" in generate["scheduler"]["help"] and "v1 only" in generate["oss_steps"]["help"]
+    v1_only = ["use_erg_tag", "use_erg_lyric", "use_erg_diffusion", "oss_steps", "variance",
+               "reference_audio", "audio2audio_strength"]
     assert all(generate[name]["advanced"] and "ACE-Step v1" in generate[name]["help"]
                for name in v1_only)
     edit = schema("edit")

@@ -74,7 +74,7 @@ def test_values_sent_at_the_hosted_defaults_are_honoured(client):
     assert params["request"] == {"tags": "lofi", "duration": 2, "number_of_steps": 27, "seed": 1}
     _, _, params = client.predict(tags="lofi", duration=2, use_erg_tag=True, oss_steps="  ",
                                   lora="", variance=0.0, api_name="/generate", **FAST)
-    assert params["ignored_params"] == ["lora", "oss_steps", "use_erg_tag", "variance"]
+    assert params["ignored_params"] == ["oss_steps", "use_erg_tag", "variance"]  # lora "" is none
 
 
 @pytest.mark.parametrize("values, message", [
@@ -215,14 +215,15 @@ def test_advanced_shows_what_the_model_honours(tiny_v15, tiny_v15_base):
     v1 = visible_advanced("ACE-Step/ACE-Step-v1-3.5B", "generate")
     assert {"use_erg_tag", "use_erg_lyric", "use_erg_diffusion", "oss_steps", "lora", "lora_scale",
             "variance", "reference_audio", "audio2audio_strength", "scheduler"} <= set(v1)
-    assert visible_advanced(str(tiny_v15), "generate") == ["number_of_steps"]
-    assert visible_advanced(str(tiny_v15), "inpaint") == ["retake_seed", "number_of_steps",
+    lora = ["lora", "lora_scale"]
+    assert visible_advanced(str(tiny_v15), "generate") == ["number_of_steps", *lora]
+    assert visible_advanced(str(tiny_v15), "inpaint") == ["retake_seed", "number_of_steps", *lora,
                                                           "context_duration", "crossfade_duration"]
-    guided = ["number_of_steps", "guidance_interval", "guidance_scale"]
+    guided = ["number_of_steps", "guidance_interval", "guidance_scale", *lora]
     assert visible_advanced(str(tiny_v15_base), "generate") == guided
     assert visible_advanced("ACE-Step/acestep-v15-xl-base-diffusers", "generate") == guided
     assert visible_advanced("ACE-Step/acestep-v15-xl-turbo-diffusers", "outpaint") == [
-        "number_of_steps", "context_duration"]
+        "number_of_steps", *lora, "context_duration"]
 
 
 def test_stop_ends_the_running_job(served, client):

@@ -290,8 +290,8 @@ def test_the_engine_itself_refuses_them_too(manager, tiny_v15, sine_wav):
 def test_v1_parameters_are_not_honoured_and_are_reported(manager, tiny_v15):
     plain = run(manager, tiny_v15, "generate", duration=1, seed=5)
     v1_only = {"variance": 0.4, "use_erg_tag": False, "use_erg_lyric": "false",
-               "use_erg_diffusion": 0, "oss_steps": "3, 6", "lora": "some/lora", "lora_scale": 0.5,
-               "audio2audio_strength": 0.9, "scheduler": "pingpong"}
+               "use_erg_diffusion": 0, "oss_steps": "3, 6", "lora_scale": 0.5,
+               "audio2audio_strength": 0.9, "scheduler": "pingpong"}  # lora_scale: no LoRA given
     result = run(manager, tiny_v15, "generate", duration=1, seed=5, **v1_only)
     assert result.params["ignored_params"] == sorted(v1_only)
     assert torch.equal(plain.audio.samples, result.audio.samples)  # variance is not a retake here
@@ -420,3 +420,58 @@ def test_a_hub_id_downloads_only_what_the_pipeline_reads(tiny_v15, tmp_path, mon
     kept = listing(v15.resolve("someone/acestep-v15-finetune"))
     assert kept == {name for name in files if ".fp16." not in name and not name.endswith((".bin", ".md"))}
     AceStepPipeline.from_pretrained(tmp_path / "snapshot")  # everything it reads came down
+
+
+@pytest.fixture(scope="module")
+def tiny_v15_lora(tiny_v15, tmp_path_factory) -> Path:
+    """A random LoRA on the tiny transformer's attention, saved by diffusers as users get them."""
+    from diffusers import AceStepPipeline
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    pipe = AceStepPipeline.from_pretrained(tiny_v15)
+    pipe.transformer.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v"],
+                                            init_lora_weights=False))
+    folder = tmp_path_factory.mktemp("v15-lora")
+    AceStepPipeline.save_lora_weights(folder, get_peft_model_state_dict(pipe.transformer))
+    return folder
+
+
+def test_a_lora_applies_at_its_scale_and_unloads(manager, tiny_v15, tiny_v15_lora, sine_wav):
+    base = {"duration": 1.0, "seed": 3}
+    plain = run(manager, tiny_v15, "generate", **base)
+    with_lora = run(manager, tiny_v15, "generate", lora=str(tiny_v15_lora), **base)
+    weaker = run(manager, tiny_v15, "generate", lora=str(tiny_v15_lora), lora_scale=0.3, **base)
+    off = run(manager, tiny_v15, "generate", lora=str(tiny_v15_lora), lora_scale=0.0, **base)
+    after = run(manager, tiny_v15, "generate", **base)
+    assert with_lora.params["ignored_params"] == [] and plain.params["ignored_params"] == []
+    assert not torch.equal(plain.audio.samples, with_lora.audio.samples)
+    assert not torch.equal(with_lora.audio.samples, weaker.audio.samples)
+    assert torch.equal(plain.audio.samples, off.audio.samples)  # scale 0 is the plain model
+    assert torch.equal(plain.audio.samples, after.audio.samples)  # and no LoRA unloads it
+    outpainted = run(manager, tiny_v15, "outpaint", audio=str(sine_wav), extend_after_duration=1.0,
+                    lora=str(tiny_v15_lora), seed=3)
+    assert outpainted.params["ignored_params"] == []
+
+
+def test_a_lora_for_another_model_is_refused_and_leaves_the_model_plain(manager, tiny_v15, tmp_path):
+    from safetensors.torch import save_file
+
+    plain = run(manager, tiny_v15, "generate", duration=1.0, seed=3)
+    v1_style, too_wide = tmp_path / "v1-style", tmp_path / "too-wide"
+    for folder in (v1_style, too_wide):
+        folder.mkdir()
+    save_file({"transformer_blocks.0.attn.to_q.lora_A.weight": torch.ones(4, 64),
+               "transformer_blocks.0.attn.to_q.lora_B.weight": torch.ones(64, 4)},
+              str(v1_style / "pytorch_lora_weights.safetensors"))
+    save_file({"transformer.layers.0.self_attn.to_q.lora_A.weight": torch.ones(4, 4096),
+               "transformer.layers.0.self_attn.to_q.lora_B.weight": torch.ones(32, 4)},
+              str(too_wide / "pytorch_lora_weights.safetensors"))
+    with pytest.raises(InputError, match="no weights for ACE-Step 1.5's transformer"):
+        run(manager, tiny_v15, "generate", duration=1.0, lora=str(v1_style))
+    with pytest.raises(InputError, match="does not fit"):
+        run(manager, tiny_v15, "generate", duration=1.0, lora=str(too_wide))
+    with pytest.raises(InputError, match="has no pytorch_lora_weights.safetensors or adapter_model"):
+        run(manager, tiny_v15, "generate", duration=1.0, lora=str(tmp_path))
+    again = run(manager, tiny_v15, "generate", duration=1.0, seed=3)
+    assert torch.equal(plain.audio.samples, again.audio.samples)

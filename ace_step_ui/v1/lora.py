@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from ..errors import InputError, ModelUnavailableError
-from ..hub import hub_reachable
+from ..errors import InputError
+from ..hub import lora_file
 
 LORA_WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
 LORA_SUFFIXES = (".lora_A.weight", ".lora_B.weight", ".lora_B.bias")
@@ -31,52 +31,7 @@ LORA_SUFFIXES = (".lora_A.weight", ".lora_B.weight", ".lora_B.bias")
 def lora_weights_path(name_or_path: str) -> Path:
     """The LoRA file for a folder holding `pytorch_lora_weights.safetensors`, the file itself, or a
     Hugging Face repo id (downloaded into the Hub cache; upstream used the checkpoint folder as cache)."""
-    if not name_or_path or not name_or_path.strip():
-        raise InputError("name a LoRA: a folder with pytorch_lora_weights.safetensors, the file, "
-                         "or a Hugging Face repo id")
-    local = Path(name_or_path).expanduser()
-    if local.is_file():
-        return local
-    if local.is_dir():
-        weights = local / LORA_WEIGHTS_NAME
-        if not weights.is_file():
-            raise InputError(f"the LoRA folder {local} has no {LORA_WEIGHTS_NAME}")
-        return weights
-    snapshot = download_lora(name_or_path)
-    weights = snapshot / LORA_WEIGHTS_NAME
-    if not weights.is_file():
-        raise InputError(f"the Hugging Face repo {name_or_path} has no {LORA_WEIGHTS_NAME}; "
-                         f"ACE-Step v1 LoRAs are saved under that name")
-    return weights
-
-
-def download_lora(repo_id: str) -> Path:
-    """The local snapshot of a LoRA repo (only its weights file), downloaded when not cached."""
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import (GatedRepoError, HFValidationError, HfHubHTTPError,
-                                        LocalEntryNotFoundError, RepositoryNotFoundError,
-                                        RevisionNotFoundError)
-
-    try:
-        # Without a network, the cache alone and at once (see hub.hub_reachable).
-        return Path(snapshot_download(repo_id, allow_patterns=[LORA_WEIGHTS_NAME],
-                                      local_files_only=not hub_reachable(repo_id)))
-    except HFValidationError:
-        raise InputError(f"no LoRA file or folder at '{repo_id}', and it is not a Hugging Face "
-                         f"repo id either") from None
-    except GatedRepoError:
-        raise ModelUnavailableError(f"the LoRA repo {repo_id} is gated: accept its terms on the Hub "
-                                    f"and log in with `hf auth login`") from None
-    except (RepositoryNotFoundError, RevisionNotFoundError):
-        raise InputError(f"no LoRA file or folder at '{repo_id}', and no Hugging Face repo of that "
-                         f"name") from None
-    except LocalEntryNotFoundError:
-        raise ModelUnavailableError(
-            f"the LoRA {repo_id} is not in the Hugging Face cache and the Hub cannot be reached. "
-            f"Download it once with a connection (`hf download {repo_id} {LORA_WEIGHTS_NAME}`) or "
-            f"pass a local folder") from None
-    except HfHubHTTPError as error:
-        raise ModelUnavailableError(f"could not download the LoRA {repo_id}: {error}") from None
+    return lora_file(name_or_path, (LORA_WEIGHTS_NAME,))
 
 
 def load_lora_weights(path: Path | str, device: torch.device | str = "cpu") -> dict[str, Tensor]:

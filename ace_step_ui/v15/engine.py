@@ -8,7 +8,8 @@ diffusers regenerates the whole clip when it repaints and has no extend (see
 3. the re-rendered window goes back to edits.py, which splices it into the original.
 
 The edit task and audio-to-audio (a reference track) are ACE-Step v1's; 1.5 refuses them before any
-work, and does not honour v1's other parameters (ERG, oss_steps, LoRA, a generate variance).
+work, and does not honour v1's other parameters (ERG, oss_steps, a generate variance). LoRAs load
+through diffusers' `AceStepLoraLoaderMixin` (diffusers' or upstream's peft files), scaled per call.
 """
 
 from __future__ import annotations
@@ -26,14 +27,16 @@ from ..edits import fit_end
 from ..engines import (DEFAULT_MODEL, EngineOutput, Family, StepCallback, pick_device, pick_dtype,
                        read_json, register)
 from ..errors import InputError
-from ..hub import download, local_checkpoint, require_files
+from ..hub import download, local_checkpoint, lora_file, require_files
 from ..requests import (BaseRequest, EditRequest, GenerateRequest, InpaintRequest, OutpaintRequest,
                         is_instrumental)
 
 HUB_IDS = ("ACE-Step/acestep-v15-xl-turbo-diffusers", "ACE-Step/acestep-v15-xl-base-diffusers")
 PIPELINE_CLASS = "AceStepPipeline"
 
-COMMON = frozenset({"tags", "lyrics", "seed", "number_of_steps"})
+COMMON = frozenset({"tags", "lyrics", "seed", "number_of_steps", "lora", "lora_scale"})
+# diffusers' own file name, and peft's, which upstream 1.5's LoRA training writes (diffusers converts it).
+LORA_FILES = ("pytorch_lora_weights.safetensors", "adapter_model.safetensors")
 GUIDED = frozenset({"guidance_scale", "guidance_interval"})  # base only: turbo is distilled
 TASK_PARAMS = {
     "generate": frozenset({"duration"}),
@@ -170,6 +173,7 @@ class AceStep15Engine:
         self.frames_per_latent = round(pipe.sample_rate / pipe.latents_per_second)
         self.variant = "turbo" if pipe.is_turbo else "base"
         self.preset = PRESETS[self.variant]
+        self.lora: str | None = None  # the LoRA loaded into the transformer, as the request named it
 
     def honoured(self, task: str) -> frozenset[str]:
         return honoured(self.variant, task)
@@ -189,14 +193,14 @@ class AceStep15Engine:
                          latents=latents)
         frames = audio_ops.seconds_to_frames(request.duration, self.sample_rate)
         return EngineOutput(Audio(fit_end(wave, frames), self.sample_rate),
-                            {**settings, "latent_frames": latent_frames})
+                            {**settings, "latent_frames": latent_frames}, unused=unused(request))
 
     def repaint(self, request: InpaintRequest, window: Audio, start_s: float, end_s: float,
                 seed: int, retake_seed: int, on_step: StepCallback) -> EngineOutput:
         settings = self._settings(request)
         wave = self._repaint(request, settings, self._model_audio(window), start_s, end_s, seed,
                              retake_seed, request.variance, on_step)
-        return EngineOutput(Audio(wave, self.sample_rate), settings)
+        return EngineOutput(Audio(wave, self.sample_rate), settings, unused=unused(request))
 
     extends_both_sides = False  # diffusers repaints one span a call
 
@@ -215,7 +219,7 @@ class AceStep15Engine:
         wave = self._repaint(request, settings, window, start_s, start_s + seconds, seed, seed, 0.0,
                              on_step)
         made = pad.shape[-1] / self.sample_rate
-        return EngineOutput(Audio(wave, self.sample_rate), settings,
+        return EngineOutput(Audio(wave, self.sample_rate), settings, unused=unused(request),
                             extension_s=(made, 0.0) if before_s > 0 else (0.0, made))
 
     def edit(self, request: EditRequest, source: Audio, seed: int, retake_seed: int,
@@ -267,9 +271,40 @@ class AceStep15Engine:
             return tensors
 
         start, end = settings["cfg_interval"]
+        self._use_lora(request.lora)
+        if self.lora is not None:
+            task_kwargs["attention_kwargs"] = {"scale": request.lora_scale}
         output = self.pipe(prompt=request.tags, lyrics=lyrics_for_v15(request.lyrics),
                            num_inference_steps=settings["num_inference_steps"],
                            guidance_scale=settings["guidance_scale"], shift=settings["shift"],
                            cfg_interval_start=start, cfg_interval_end=end,
                            callback_on_step_end=step_end, output_type="pt", **task_kwargs)
         return output.audios[0].float().cpu()
+
+    def _use_lora(self, name: str) -> None:
+        """Load (or switch, or with "" unload) the transformer's LoRA through diffusers' loader."""
+        wanted = name or None
+        if wanted == self.lora:
+            return
+        if self.lora is not None:
+            self.pipe.unload_lora_weights()
+            self.lora = None
+        if wanted is None:
+            return
+        path = lora_file(wanted, LORA_FILES)
+        try:
+            self.pipe.load_lora_weights(str(path.parent), weight_name=path.name)
+        except (ValueError, KeyError, RuntimeError) as error:
+            self.pipe.unload_lora_weights()
+            reason = " ".join(str(error).split())[:300]
+            raise InputError(f"the LoRA {wanted} does not fit {self.model_id} ({reason}); a LoRA "
+                             f"is made for one ACE-Step 1.5 model size") from None
+        if not self.pipe.get_list_adapters():  # diffusers only warns when no key matched
+            raise InputError(f"the LoRA {wanted} has no weights for ACE-Step 1.5's transformer "
+                             f"(an ACE-Step v1 LoRA?); choose a LoRA made for {self.model_id}")
+        self.lora = wanted
+
+
+def unused(request: Any) -> frozenset[str]:
+    """What the request set that this run does not use: a LoRA weight without a LoRA."""
+    return frozenset() if request.lora else frozenset({"lora_scale"})
