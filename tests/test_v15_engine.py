@@ -475,3 +475,19 @@ def test_a_lora_for_another_model_is_refused_and_leaves_the_model_plain(manager,
         run(manager, tiny_v15, "generate", duration=1.0, lora=str(tmp_path))
     again = run(manager, tiny_v15, "generate", duration=1.0, seed=3)
     assert torch.equal(plain.audio.samples, again.audio.samples)
+
+
+def test_the_tiny_checkpoint_has_the_audio_code_path(tiny_v15):
+    """Cover from audio and the 5 Hz LM's codes need the FSQ tokenizer and detokenizer."""
+    from ace_step_ui.v15.tiny import FSQ_LEVELS
+
+    pipe = EngineManager(device="cpu").get(str(tiny_v15)).pipe
+    assert pipe.audio_tokenizer is not None and pipe.audio_token_detokenizer is not None
+
+    def song(**codes):
+        return pipe(prompt="lofi", audio_duration=2.0, num_inference_steps=2, output_type="pt",
+                    generator=torch.Generator().manual_seed(1), **codes).audios
+
+    last = FSQ_LEVELS[0] * FSQ_LEVELS[1] - 1
+    codes = "".join(f"<|audio_code_{code}|>" for code in (0, 7, 21, last, 3, 3, 9, 40, 12, 5))
+    assert not torch.equal(song(), song(audio_codes=codes))

@@ -13,6 +13,8 @@ import torch
 
 HIDDEN = 32
 LATENT_CHANNELS = 4
+CODE_FRAMES = 5  # latent frames per 5 Hz audio code
+FSQ_LEVELS = (8, 8)
 
 
 def _byte_level_tokenizer():
@@ -35,7 +37,9 @@ def build_tiny_pipeline(variant: str = "turbo", seed: int = 0):
     """An `AceStepPipeline` with tiny random weights; `variant` is "turbo" or "base"."""
     from diffusers import AceStepPipeline, AutoencoderOobleck, FlowMatchEulerDiscreteScheduler
     from diffusers.models.transformers.ace_step_transformer import AceStepTransformer1DModel
-    from diffusers.pipelines.ace_step.modeling_ace_step import AceStepConditionEncoder
+    from diffusers.pipelines.ace_step.modeling_ace_step import (AceStepAudioTokenDetokenizer,
+                                                                AceStepAudioTokenizer,
+                                                                AceStepConditionEncoder)
     from transformers import Qwen3Config, Qwen3Model
 
     if variant not in ("turbo", "base"):
@@ -59,10 +63,18 @@ def build_tiny_pipeline(variant: str = "turbo", seed: int = 0):
                              channel_multiples=[1] * 5, decoder_channels=8,
                              decoder_input_channels=LATENT_CHANNELS, audio_channels=2,
                              sampling_rate=48000)
+    # The 5 Hz audio-code path (cover from audio, the LM's codes): 5 latent frames a code, as in the
+    # real model; FSQ levels [8, 8] make 64 codes (<|audio_code_0|> ... <|audio_code_63|>).
+    pooled = dict(hidden_size=HIDDEN, intermediate_size=2 * HIDDEN,
+                  audio_acoustic_hidden_dim=LATENT_CHANNELS, pool_window_size=CODE_FRAMES,
+                  num_attention_pooler_hidden_layers=1, sliding_window=16, **widths)
+    audio_tokenizer = AceStepAudioTokenizer(fsq_dim=HIDDEN, fsq_input_levels=list(FSQ_LEVELS), **pooled)
+    audio_token_detokenizer = AceStepAudioTokenDetokenizer(**pooled)
     scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1, shift=1.0)
     return AceStepPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
                            transformer=transformer, condition_encoder=condition_encoder,
-                           scheduler=scheduler)
+                           scheduler=scheduler, audio_tokenizer=audio_tokenizer,
+                           audio_token_detokenizer=audio_token_detokenizer)
 
 
 def write_tiny_checkpoint(folder: str | Path, variant: str = "turbo", seed: int = 0) -> Path:
