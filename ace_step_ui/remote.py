@@ -25,8 +25,9 @@ from urllib.parse import quote, unquote, urljoin, urlsplit
 
 from .errors import InputError
 
-MAX_DOWNLOAD_BYTES = 200_000_000
-DOWNLOAD_TIMEOUT_S = 60.0
+MAX_DOWNLOAD_BYTES = 1_100_000_000  # a 60-minute 48 kHz 24-bit stereo WAV is 1.04 GB
+MAX_DATA_URI_BYTES = 200_000_000  # a data: URI arrives whole inside the request, base64 and all
+DOWNLOAD_TIMEOUT_S = 600.0
 MAX_REDIRECTS = 5
 # Tests only: lets downloads reach loopback addresses, over plain http:// too.
 ALLOW_LOOPBACK_ENV = "ACE_STEP_UI_ALLOW_LOOPBACK"
@@ -95,8 +96,8 @@ def _save_data_uri(value: str, download_dir: Path) -> Path:
         raise InputError("unsupported data: URI: use data:audio/<type>;base64,<data> "
                          "(for example data:audio/wav;base64,...)")
     payload = "".join(payload.split())
-    if len(payload) // 4 * 3 > MAX_DOWNLOAD_BYTES:
-        raise InputError(f"the data: URI is larger than {_megabytes(MAX_DOWNLOAD_BYTES)}: "
+    if len(payload) // 4 * 3 > MAX_DATA_URI_BYTES:
+        raise InputError(f"the data: URI is larger than {_megabytes(MAX_DATA_URI_BYTES)}: "
                          f"upload a shorter or compressed file")
     try:
         data = base64.b64decode(payload, validate=True)

@@ -573,9 +573,12 @@ def build_app(manager: EngineManager, default_model: str, models: list[str],
     return demo
 
 
+MAX_UPLOAD = "1100mb"  # a 60-minute 48 kHz 24-bit stereo WAV (1.04 GB), the longest source
+
+
 def launch_options() -> dict[str, Any]:
     """`launch()` keywords that belong to the app's look and limits rather than to where it runs."""
     # show_error: gradio's own refusals (a file that was not uploaded, a file too large) reach the
     # caller with their message; ours are gr.Error already.
     return dict(theme=gr.themes.Soft(), footer_links=["api", "gradio", "settings"],
-                max_file_size="200mb", show_error=True)
+                max_file_size=MAX_UPLOAD, show_error=True)

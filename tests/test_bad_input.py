@@ -225,7 +225,7 @@ CASES = {
                                "has no host name"),
     "oversized data: URI": Case("inpaint", {**SOURCE, "audio": "<big_uri>"}, INVALID,
                                 "the data: URI is larger than 0.001 MB",
-                                patch=((remote, "MAX_DOWNLOAD_BYTES", 1000),)),
+                                patch=((remote, "MAX_DATA_URI_BYTES", 1000),)),
     "data: URI not base64": Case("inpaint", {**SOURCE, "audio": "data:audio/wav;base64,@@@"},
                                  INVALID, "the data: URI is not valid base64"),
     "data: URI of text": Case("inpaint", {**SOURCE, "audio": "data:text/plain;base64,aGk="},

@@ -309,7 +309,8 @@ def test_data_uri_is_decoded(tmp_path):
     assert read_audio(path).frames == 4410
 
 
-def test_data_uri_over_the_cap_is_refused(small_cap, tmp_path):
+def test_data_uri_over_the_cap_is_refused(monkeypatch, tmp_path):
+    monkeypatch.setattr(remote, "MAX_DATA_URI_BYTES", CAP_BYTES)
     with pytest.raises(InputError, match="larger than"):
         resolve_audio_source("data:audio/wav;base64," + "A" * 4 * CAP_BYTES, tmp_path)
 
