@@ -162,9 +162,9 @@ def fit_end(samples: torch.Tensor, frames: int) -> torch.Tensor:
     return torch.nn.functional.pad(samples, (0, frames - samples.shape[-1]))
 
 
-def check_edit_source(source: Audio) -> None:
-    """The edit task re-renders the whole track: at most what a model sees at once."""
+def check_whole_track_source(task: str, source: Audio) -> None:
+    """Edit and cover re-render the whole track: at most what a model sees at once."""
     if source.duration_s > MAX_WINDOW_S + 1e-6:
-        raise InputError(f"the edit task re-renders the whole track, and the model hears at most "
+        raise InputError(f"the {task} task re-renders the whole track, and the model hears at most "
                          f"{MAX_WINDOW_S:g} s at once; this one is {source.duration_s:.1f} s: trim it, "
                          f"or change part of it with inpaint")

@@ -24,9 +24,11 @@ import torch
 
 from .audio import Audio
 from .errors import Cancelled, InputError, ModelUnavailableError
-from .requests import BaseRequest, EditRequest, GenerateRequest, InpaintRequest, OutpaintRequest
+from .requests import (BaseRequest, CoverRequest, EditRequest, GenerateRequest, InpaintRequest,
+                       OutpaintRequest)
 
 DEFAULT_MODEL = "ACE-Step/ACE-Step-v1-3.5B"
+V15_MODEL = "ACE-Step/acestep-v15-xl-turbo-diffusers"  # named where a task needs ACE-Step 1.5
 # The model families in order of preference: the first is the default for an unknown Hub id.
 FAMILY_MODULES = (f"{__package__}.v1.engine", f"{__package__}.v15.engine")
 
@@ -76,6 +78,10 @@ class Engine(Protocol):
     def edit(self, request: EditRequest, source: Audio, seed: int, retake_seed: int,
              on_step: StepCallback) -> EngineOutput:
         """`source` re-rendered from its original tags and lyrics towards the request's."""
+
+    def cover(self, request: CoverRequest, source: Audio, seed: int, retake_seed: int,
+              on_step: StepCallback) -> EngineOutput:
+        """`source`'s structure sung anew from the request's tags and lyrics (ACE-Step 1.5)."""
 
 
 def accept_any(model: str, request: BaseRequest) -> None:

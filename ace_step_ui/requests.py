@@ -22,7 +22,7 @@ from typing import Any, Mapping
 from .errors import InputError
 
 SEED_MAX = 2147483647
-TASKS = ("generate", "inpaint", "outpaint", "edit")
+TASKS = ("generate", "inpaint", "outpaint", "edit", "cover")
 INSTRUMENTAL_MARKERS = ("[inst]", "[instrumental]")
 MIN_EDIT_SECONDS = 1.0
 MAX_EDIT_SECONDS = 240.0  # the hosted APIs' per-call limit
@@ -194,9 +194,23 @@ class EditRequest(SourceRequest):
     task = "edit"
 
 
+@dataclass(frozen=True, kw_only=True)
+class CoverRequest(SourceRequest):
+    """ACE-Step 1.5's cover: the source's structure (its 5 Hz semantic codes) sung anew from the
+    tags and lyrics."""
+
+    audio_cover_strength: float = _param(1.0, "How closely the cover keeps the source's structure: "
+                                              "each step blends the source-conditioned and the "
+                                              "tags-only prediction (1 = the source's alone; lower "
+                                              "moves towards the tags). ACE-Step 1.5 only.",
+                                         minimum=0.0, maximum=1.0)
+
+    task = "cover"
+
+
 REQUEST_TYPES: dict[str, type[BaseRequest]] = {
     "generate": GenerateRequest, "inpaint": InpaintRequest, "outpaint": OutpaintRequest,
-    "edit": EditRequest,
+    "edit": EditRequest, "cover": CoverRequest,
 }
 ALIASES = {"audio_url": "audio", "reference_audio_url": "reference_audio"}
 KINDS = {"str": "str", "int": "int", "float": "float", "bool": "bool", "tuple[int, ...]": "int_list"}

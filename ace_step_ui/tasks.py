@@ -29,9 +29,9 @@ from .engines import DEFAULT_MODEL, EngineManager, StepCallback, family_for
 from .errors import Cancelled, InputError
 from .files import staged
 from .remote import fetched_source
-from .requests import (BaseRequest, EditRequest, GenerateRequest, InpaintRequest, OutpaintRequest,
-                       SourceRequest, derive_retake_seed, parse_request, resolve_range,
-                       resolve_seed)
+from .requests import (BaseRequest, CoverRequest, EditRequest, GenerateRequest, InpaintRequest,
+                       OutpaintRequest, SourceRequest, derive_retake_seed, parse_request,
+                       resolve_range, resolve_seed)
 
 APP_NAME = "ace_step_ui"
 LATENTS_SUFFIX = ".latents.safetensors"
@@ -92,9 +92,9 @@ def run(task: str, payload: Mapping[str, Any], manager: EngineManager, model: st
             source_info["range_s"] = list(edit_range)
             if fitted:
                 source_info["fitted"] = fitted
-        if isinstance(request, EditRequest):
+        if isinstance(request, (EditRequest, CoverRequest)):
             assert source is not None
-            edits.check_edit_source(source)
+            edits.check_whole_track_source(task, source)
 
         seed = resolve_seed(request.seed)
         retake_seed = request.retake_seed if request.retake_seed >= 0 else derive_retake_seed(seed)
@@ -114,6 +114,9 @@ def run(task: str, payload: Mapping[str, Any], manager: EngineManager, model: st
             elif isinstance(request, EditRequest):
                 assert source is not None
                 output = engine.edit(request, source, seed, retake_seed, step)
+            elif isinstance(request, CoverRequest):
+                assert source is not None
+                output = engine.cover(request, source, seed, retake_seed, step)
             else:
                 assert isinstance(request, OutpaintRequest) and source is not None
                 output = edits.outpaint(engine, request, source, seed, retake_seed, step)

@@ -46,6 +46,8 @@ DESCRIPTIONS = {
     "outpaint": "Extend an uploaded track with new audio before and/or after it.",
     "edit": "Remix an uploaded track in a new style, or give it new lyrics, keeping its structure "
             "(ACE-Step v1).",
+    "cover": "Sing an uploaded track anew from new tags and lyrics, keeping its structure "
+             "(ACE-Step 1.5; the whole track, up to 4 minutes).",
 }
 AUDIO_PARAMS = ("audio", "reference_audio")
 # Small events: queued (so an error shows as a toast), never waiting behind a job.
@@ -74,7 +76,8 @@ LABELS = {"tags": "Tags", "lyrics": "Lyrics", "seed": "Seed", "duration": "Durat
           "original_lyrics": "Original lyrics", "original_seed": "Original seed", "reference_audio": "Reference audio (audio-to-audio)",
           "audio2audio_strength": "Reference strength", "use_erg_tag": "ERG on the tags",
           "use_erg_lyric": "ERG on the lyrics", "use_erg_diffusion": "ERG in the diffusion",
-          "oss_steps": "OSS steps", "lora": "LoRA", "lora_scale": "LoRA scale"}
+          "oss_steps": "OSS steps", "lora": "LoRA", "lora_scale": "LoRA scale",
+          "audio_cover_strength": "Cover strength"}
 EDIT_LABELS = {"tags": "New tags", "lyrics": "New lyrics"}
 EDIT_LYRICS_HINT = LYRICS_HINT.replace("leave blank to let the model decide",
                                        "leave blank to keep the original lyrics")
@@ -463,7 +466,8 @@ def build_app(manager: EngineManager, default_model: str, models: list[str],
 
     with gr.Blocks(title="ACE-Step Playground", delete_cache=(OUTPUT_TTL_S, OUTPUT_TTL_S)) as demo:
         gr.Markdown("# ACE-Step Playground\nGenerate a song from tags and lyrics, regenerate part "
-                    "of a track (Inpaint), extend it (Outpaint) or remix it (Edit) with ACE-Step.")
+                    "of a track (Inpaint), extend it (Outpaint), remix it (Edit) or sing it anew "
+                    "(Cover) with ACE-Step.")
         with gr.Row():
             model = gr.Dropdown(choices, value=default_model, label="Model", elem_id="model",
                                 scale=3, info="The models this server offers; a model loads on "
@@ -535,6 +539,17 @@ def build_app(manager: EngineManager, default_model: str, models: list[str],
                         tab.add("original_tags", lines=2,
                                 placeholder="e.g. pop, female vocals, piano, 90 bpm")
                         tab.add("original_lyrics", lines=4)
+                        tab.song_controls(default_model)
+                    with gr.Column(scale=2):
+                        tab.outputs()
+
+            with gr.Tab("Cover", id="cover"):
+                tab = tabs["cover"]
+                gr.Markdown(DESCRIPTIONS["cover"])
+                with gr.Row():
+                    with gr.Column(scale=3):
+                        tab.add("audio")
+                        tab.add("audio_cover_strength")
                         tab.song_controls(default_model)
                     with gr.Column(scale=2):
                         tab.outputs()

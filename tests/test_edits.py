@@ -142,9 +142,9 @@ def test_splice_shortens_fades_to_half_the_range_and_checks_it():
 
 
 def test_edit_of_more_than_240_s_is_refused():
-    edits.check_edit_source(tone(240))
-    with pytest.raises(InputError, match="at most 240 s"):
-        edits.check_edit_source(tone(241))
+    edits.check_whole_track_source("edit", tone(240))
+    with pytest.raises(InputError, match="the edit task re-renders the whole track.*at most 240 s"):
+        edits.check_whole_track_source("edit", tone(241))
 
 
 # End to end: both tiny checkpoints, real files -------------------------------------------------

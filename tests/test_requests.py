@@ -13,7 +13,8 @@ from ace_step_ui.requests import (ALIASES, MAX_TEXT_CHARS, SEED_MAX, TASKS, Edit
 
 REQUIRED = {"generate": {"tags": "lofi"}, "inpaint": {"tags": "lofi", "audio": "song.wav"},
             "outpaint": {"tags": "lofi", "audio": "song.wav"},
-            "edit": {"tags": "lofi", "audio": "song.wav", "original_tags": "pop"}}
+            "edit": {"tags": "lofi", "audio": "song.wav", "original_tags": "pop"},
+            "cover": {"tags": "lofi", "audio": "song.wav"}}
 
 
 def valid_value(spec):

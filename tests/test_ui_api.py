@@ -33,7 +33,7 @@ def read(path: str) -> soundfile._SoundFileInfo:
 
 def test_named_endpoints_take_the_hosted_parameter_names(client):
     endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
-    assert set(endpoints) == {"/generate", "/inpaint", "/outpaint", "/edit", "/stop"}
+    assert set(endpoints) == {"/generate", "/inpaint", "/outpaint", "/edit", "/cover", "/stop"}
     for task in TASKS:
         info = endpoints[f"/{task}"]
         names = [p["parameter_name"] for p in info["parameters"]]
@@ -122,6 +122,16 @@ def test_inpaint_keeps_the_length_of_the_source(client, sine_wav):
     assert (info.frames, info.samplerate, info.channels) == (source.frames, source.samplerate,
                                                              source.channels)
     assert seed == 3 and params["range_s"] == [1.0, 3.0]
+
+
+def test_cover_keeps_the_sources_length_rate_and_channels(client, sine_wav):
+    path, seed, params = client.predict(audio=handle_file(str(sine_wav)), tags="jazz, brass",
+                                        audio_cover_strength=0.7, seed=3, api_name="/cover", **FAST)
+    source, info = read(str(sine_wav)), read(path)
+    assert (info.frames, info.samplerate, info.channels) == (source.frames, source.samplerate,
+                                                             source.channels)
+    assert params["task"] == "cover" and params["engine"]["audio_cover_strength"] == 0.7
+    assert params["ignored_params"] == []
 
 
 def test_inpaint_range_anchored_to_the_end(client, sine_wav):

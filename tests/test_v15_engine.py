@@ -491,3 +491,45 @@ def test_the_tiny_checkpoint_has_the_audio_code_path(tiny_v15):
     last = FSQ_LEVELS[0] * FSQ_LEVELS[1] - 1
     codes = "".join(f"<|audio_code_{code}|>" for code in (0, 7, 21, last, 3, 3, 9, 40, 12, 5))
     assert not torch.equal(song(), song(audio_codes=codes))
+
+
+
+def test_cover_sings_the_source_anew_at_its_length_rate_and_channels(manager, tiny_v15, tmp_path):
+    rate = 22050
+    mono = (0.2 * torch.sin(torch.arange(3 * rate) / rate * 2 * torch.pi * 200)).numpy()
+    path = tmp_path / "mono.flac"
+    sf.write(path, mono, rate)
+    source = read_audio(path)
+
+    def cover(**values):
+        return run(manager, tiny_v15, "cover", audio=str(path), seed=4, **values)
+
+    first, again, looser = cover(), cover(), cover(audio_cover_strength=0.3)
+    out = first.audio
+    assert (out.sample_rate, out.channels, out.frames) == (rate, 1, source.frames)
+    assert torch.equal(out.samples, again.audio.samples)  # same seed, same cover
+    assert not torch.equal(out.samples, looser.audio.samples)
+    assert not torch.equal(out.samples, source.samples)
+    assert looser.params["engine"]["audio_cover_strength"] == 0.3
+
+
+def test_cover_is_refused_on_v1_and_past_240_s_before_any_model_work(manager, tiny_v15, tmp_path):
+    with pytest.raises(InputError, match="cover is an ACE-Step 1.5 task: choose an ACE-Step 1.5 model"):
+        tasks.check("cover", {"tags": "jazz", "audio": "missing.wav"}, DEFAULT_MODEL)
+    long = tmp_path / "long.wav"
+    sf.write(long, torch.zeros(241 * 8000).numpy(), 8000)
+    with pytest.raises(InputError, match="the cover task re-renders the whole track"):
+        run(manager, tiny_v15, "cover", audio=str(long))
+
+
+def test_the_cli_runs_cover(tiny_v15, sine_wav, tmp_path, capsys):
+    from ace_step_ui.cli import main
+
+    request = {"audio": str(sine_wav), "tags": "jazz", "lyrics": "[inst]", **FAST}
+    assert main(["run", "cover", "--input", json.dumps(request), "--output-dir", str(tmp_path),
+                 "--model", str(tiny_v15), "--device", "cpu", "--format", "flac"]) == 0
+    (written,) = capsys.readouterr().out.split()
+    info, source = sf.info(written), sf.info(str(sine_wav))
+    assert (info.frames, info.samplerate, info.channels) == (source.frames, source.samplerate,
+                                                             source.channels)
+    assert json.loads(Path(written).with_suffix(".json").read_text())["task"] == "cover"

@@ -1,4 +1,5 @@
-"""ACE-Step 1.5 on diffusers' `AceStepPipeline`: generate, and the windows of inpaint and outpaint.
+"""ACE-Step 1.5 on diffusers' `AceStepPipeline`: generate, cover, and the windows of inpaint and
+outpaint.
 
 diffusers regenerates the whole clip when it repaints and has no extend (see
 ../shared/reference/ace_step_15_diffusers.md §1.4); edits.py cuts the window, this engine runs it:
@@ -6,6 +7,8 @@ diffusers regenerates the whole clip when it repaints and has no extend (see
    source context plus silence where the new audio goes);
 2. diffusers repaints the new span of it, with the noise drawn here from the seeds;
 3. the re-rendered window goes back to edits.py, which splices it into the original.
+Cover runs diffusers' cover task on the whole source (at most 240 s) and returns it in the source's
+length, rate and channels.
 
 The edit task and audio-to-audio (a reference track) are ACE-Step v1's; 1.5 refuses them before any
 work, and does not honour v1's other parameters (ERG, oss_steps, a generate variance). LoRAs load
@@ -23,15 +26,16 @@ import torch
 
 from .. import audio as audio_ops
 from ..audio import Audio
-from ..edits import fit_end
-from ..engines import (DEFAULT_MODEL, EngineOutput, Family, StepCallback, pick_device, pick_dtype,
+from ..edits import fit_end, to_source
+from ..engines import (DEFAULT_MODEL, V15_MODEL, EngineOutput, Family, StepCallback, pick_device,
+                       pick_dtype,
                        read_json, register)
 from ..errors import InputError
 from ..hub import download, local_checkpoint, lora_file, require_files
-from ..requests import (BaseRequest, EditRequest, GenerateRequest, InpaintRequest, OutpaintRequest,
-                        is_instrumental)
+from ..requests import (BaseRequest, CoverRequest, EditRequest, GenerateRequest, InpaintRequest,
+                        OutpaintRequest, is_instrumental)
 
-HUB_IDS = ("ACE-Step/acestep-v15-xl-turbo-diffusers", "ACE-Step/acestep-v15-xl-base-diffusers")
+HUB_IDS = (V15_MODEL, "ACE-Step/acestep-v15-xl-base-diffusers")
 PIPELINE_CLASS = "AceStepPipeline"
 
 COMMON = frozenset({"tags", "lyrics", "seed", "number_of_steps", "lora", "lora_scale"})
@@ -45,6 +49,7 @@ TASK_PARAMS = {
                           "crossfade_duration"}),
     "outpaint": frozenset({"audio", "extend_before_duration", "extend_after_duration",
                            "context_duration"}),
+    "cover": frozenset({"audio", "audio_cover_strength"}),
 }
 
 
@@ -226,6 +231,16 @@ class AceStep15Engine:
              on_step: StepCallback) -> EngineOutput:
         raise _needs_v1("edit (audio-to-audio)")
 
+    def cover(self, request: CoverRequest, source: Audio, seed: int, retake_seed: int,
+              on_step: StepCallback) -> EngineOutput:
+        """The source's semantic codes (its FSQ tokens) as the structure, sung from the tags and
+        lyrics; the result has the source's length, rate and channels."""
+        settings = {**self._settings(request), "audio_cover_strength": request.audio_cover_strength}
+        wave = self._on_source(request, settings, self._model_audio(source), seed, seed, 0.0, on_step,
+                               task_type="cover", audio_cover_strength=request.audio_cover_strength)
+        rendered = to_source(Audio(wave, self.sample_rate), source, source.frames)
+        return EngineOutput(Audio(rendered, source.sample_rate), settings, unused=unused(request))
+
     def _settings(self, request: Any) -> dict[str, Any]:
         """The values this call runs with: the request's where set, else the variant's preset."""
         steps = request.number_of_steps if request.is_set("number_of_steps") else self.preset.steps
@@ -246,6 +261,13 @@ class AceStep15Engine:
     def _repaint(self, request: Any, settings: dict[str, Any], window: torch.Tensor, start_s: float,
                  end_s: float, seed: int, retake_seed: int, variance: float,
                  on_step: StepCallback) -> torch.Tensor:
+        return self._on_source(request, settings, window, seed, retake_seed, variance, on_step,
+                               task_type="repaint", repainting_start=start_s, repainting_end=end_s)
+
+    def _on_source(self, request: Any, settings: dict[str, Any], window: torch.Tensor, seed: int,
+                   retake_seed: int, variance: float, on_step: StepCallback,
+                   **task_kwargs: Any) -> torch.Tensor:
+        """A task on `window` (48 kHz stereo): its output, as long as the window."""
         frames = window.shape[-1]
         hop = self.frames_per_latent
         padded = fit_end(window, math.ceil(frames / hop) * hop)  # whole latent frames, exact lengths
@@ -257,9 +279,9 @@ class AceStep15Engine:
         devices = [self.pipe.device] if self.pipe.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)
-            wave = self._run(request, settings, seed, on_step, src_audio=padded, task_type="repaint",
-                             audio_duration=padded.shape[-1] / self.sample_rate,
-                             repainting_start=start_s, repainting_end=end_s, latents=latents)
+            wave = self._run(request, settings, seed, on_step, src_audio=padded,
+                             audio_duration=padded.shape[-1] / self.sample_rate, latents=latents,
+                             **task_kwargs)
         return wave[:, :frames]
 
     def _run(self, request: Any, settings: dict[str, Any], seed: int, on_step: StepCallback,
