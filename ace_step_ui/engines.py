@@ -83,6 +83,9 @@ class Engine(Protocol):
               on_step: StepCallback) -> EngineOutput:
         """`source`'s structure sung anew from the request's tags and lyrics (ACE-Step 1.5)."""
 
+    # extract, lego and complete (ACE-Step 1.5 base) take the same arguments as cover; a family
+    # without them refuses them in its check_request.
+
 
 def accept_any(model: str, request: BaseRequest) -> None:
     """A family's request check that accepts every request."""

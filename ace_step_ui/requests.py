@@ -22,7 +22,10 @@ from typing import Any, Mapping
 from .errors import InputError
 
 SEED_MAX = 2147483647
-TASKS = ("generate", "inpaint", "outpaint", "edit", "cover")
+TASKS = ("generate", "inpaint", "outpaint", "edit", "cover", "extract", "lego", "complete")
+# The track names of upstream ACE-Step 1.5's stem tasks (its UI's list).
+TRACKS = ("vocals", "backing_vocals", "drums", "bass", "guitar", "keyboard", "percussion", "strings",
+          "synth", "fx", "brass", "woodwinds")
 INSTRUMENTAL_MARKERS = ("[inst]", "[instrumental]")
 MIN_EDIT_SECONDS = 1.0
 MAX_EDIT_SECONDS = 240.0  # the hosted APIs' per-call limit
@@ -179,7 +182,12 @@ class OutpaintRequest(SourceRequest):
 
 
 @dataclass(frozen=True, kw_only=True)
-class EditRequest(SourceRequest):
+class WholeTrackRequest(SourceRequest):
+    """A task that re-renders the whole source (at most what a model hears at once, 240 s)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class EditRequest(WholeTrackRequest):
     """The hosted audio-to-audio request: the same song with new tags (remix) or new lyrics."""
 
     edit_mode: str = _param("remix", "remix: new style, same structure; lyrics: new words, same "
@@ -195,7 +203,7 @@ class EditRequest(SourceRequest):
 
 
 @dataclass(frozen=True, kw_only=True)
-class CoverRequest(SourceRequest):
+class CoverRequest(WholeTrackRequest):
     """ACE-Step 1.5's cover: the source's structure (its 5 Hz semantic codes) sung anew from the
     tags and lyrics."""
 
@@ -208,9 +216,48 @@ class CoverRequest(SourceRequest):
     task = "cover"
 
 
+BASE_ONLY = " ACE-Step 1.5 base only."
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExtractRequest(WholeTrackRequest):
+    """ACE-Step 1.5's extract: one named track (stem) out of a mix."""
+
+    track_name: str = _param("vocals", "The track to extract from the mix." + BASE_ONLY,
+                             choices=TRACKS)
+
+    task = "extract"
+
+
+@dataclass(frozen=True, kw_only=True)
+class LegoRequest(WholeTrackRequest):
+    """ACE-Step 1.5's lego: a named track made to fit the mix it hears."""
+
+    track_name: str = _param("drums", "The track to make for the mix; the result is that track."
+                             + BASE_ONLY, choices=TRACKS)
+
+    task = "lego"
+
+
+@dataclass(frozen=True, kw_only=True)
+class CompleteRequest(WholeTrackRequest):
+    """ACE-Step 1.5's complete: a partial track (e.g. vocals alone) filled in to a full one."""
+
+    track_classes: str = _param("", "Comma-separated tracks to add, from: " + ", ".join(TRACKS)
+                                + "; empty lets the model choose." + BASE_ONLY,
+                                max_length=MAX_TEXT_CHARS)
+
+    task = "complete"
+
+    @property
+    def track_list(self) -> list[str]:
+        return [name.strip() for name in self.track_classes.split(",") if name.strip()]
+
+
 REQUEST_TYPES: dict[str, type[BaseRequest]] = {
     "generate": GenerateRequest, "inpaint": InpaintRequest, "outpaint": OutpaintRequest,
-    "edit": EditRequest, "cover": CoverRequest,
+    "edit": EditRequest, "cover": CoverRequest, "extract": ExtractRequest, "lego": LegoRequest,
+    "complete": CompleteRequest,
 }
 ALIASES = {"audio_url": "audio", "reference_audio_url": "reference_audio"}
 KINDS = {"str": "str", "int": "int", "float": "float", "bool": "bool", "tuple[int, ...]": "int_list"}
@@ -403,6 +450,11 @@ def _shown(raw: Any) -> str:
 
 
 def _check_combination(request: BaseRequest) -> None:
+    if isinstance(request, CompleteRequest):
+        unknown = [name for name in request.track_list if name not in TRACKS]
+        if unknown:
+            raise InputError(f"track_classes names {_shown(unknown[0])}, which is no track; "
+                             f"choose from {', '.join(TRACKS)}")
     if request.oss_steps and request.scheduler == "heun":
         raise InputError("oss_steps work with the euler and pingpong schedulers, not heun; choose "
                          "another scheduler or clear oss_steps")

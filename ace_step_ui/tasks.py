@@ -29,8 +29,8 @@ from .engines import DEFAULT_MODEL, EngineManager, StepCallback, family_for
 from .errors import Cancelled, InputError
 from .files import staged
 from .remote import fetched_source
-from .requests import (BaseRequest, CoverRequest, EditRequest, GenerateRequest, InpaintRequest,
-                       OutpaintRequest, SourceRequest, derive_retake_seed, parse_request,
+from .requests import (BaseRequest, EditRequest, GenerateRequest, InpaintRequest, OutpaintRequest,
+                       SourceRequest, WholeTrackRequest, derive_retake_seed, parse_request,
                        resolve_range, resolve_seed)
 
 APP_NAME = "ace_step_ui"
@@ -92,7 +92,7 @@ def run(task: str, payload: Mapping[str, Any], manager: EngineManager, model: st
             source_info["range_s"] = list(edit_range)
             if fitted:
                 source_info["fitted"] = fitted
-        if isinstance(request, (EditRequest, CoverRequest)):
+        if isinstance(request, WholeTrackRequest):
             assert source is not None
             edits.check_whole_track_source(task, source)
 
@@ -111,12 +111,9 @@ def run(task: str, payload: Mapping[str, Any], manager: EngineManager, model: st
             elif isinstance(request, InpaintRequest):
                 assert source is not None and edit_range is not None
                 output = edits.inpaint(engine, request, source, *edit_range, seed, retake_seed, step)
-            elif isinstance(request, EditRequest):
+            elif isinstance(request, WholeTrackRequest):  # edit, cover and the stem tasks
                 assert source is not None
-                output = engine.edit(request, source, seed, retake_seed, step)
-            elif isinstance(request, CoverRequest):
-                assert source is not None
-                output = engine.cover(request, source, seed, retake_seed, step)
+                output = getattr(engine, task)(request, source, seed, retake_seed, step)
             else:
                 assert isinstance(request, OutpaintRequest) and source is not None
                 output = edits.outpaint(engine, request, source, seed, retake_seed, step)

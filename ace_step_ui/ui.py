@@ -48,7 +48,14 @@ DESCRIPTIONS = {
             "(ACE-Step v1).",
     "cover": "Sing an uploaded track anew from new tags and lyrics, keeping its structure "
              "(ACE-Step 1.5; the whole track, up to 4 minutes).",
+    "extract": "Take one track (vocals, drums, ...) out of a mix.",
+    "lego": "Make a new track (drums, bass, ...) that fits the mix it hears; the result is that "
+            "track.",
+    "complete": "Fill a partial track (vocals alone, say) in to a full arrangement.",
 }
+STEMS_NOTE = ("Stems run on an ACE-Step 1.5 base model (e.g. ACE-Step/acestep-v15-xl-base-diffusers); "
+              "upstream does not train the turbo models for them. The whole track is processed, up "
+              "to 4 minutes.")
 AUDIO_PARAMS = ("audio", "reference_audio")
 # Small events: queued (so an error shows as a toast), never waiting behind a job.
 QUICK_EVENT: dict[str, Any] = dict(concurrency_limit=None, concurrency_id="ui",
@@ -77,7 +84,8 @@ LABELS = {"tags": "Tags", "lyrics": "Lyrics", "seed": "Seed", "duration": "Durat
           "audio2audio_strength": "Reference strength", "use_erg_tag": "ERG on the tags",
           "use_erg_lyric": "ERG on the lyrics", "use_erg_diffusion": "ERG in the diffusion",
           "oss_steps": "OSS steps", "lora": "LoRA", "lora_scale": "LoRA scale",
-          "audio_cover_strength": "Cover strength"}
+          "audio_cover_strength": "Cover strength", "track_name": "Track",
+          "track_classes": "Tracks to add"}
 EDIT_LABELS = {"tags": "New tags", "lyrics": "New lyrics"}
 EDIT_LYRICS_HINT = LYRICS_HINT.replace("leave blank to let the model decide",
                                        "leave blank to keep the original lyrics")
@@ -466,8 +474,8 @@ def build_app(manager: EngineManager, default_model: str, models: list[str],
 
     with gr.Blocks(title="ACE-Step Playground", delete_cache=(OUTPUT_TTL_S, OUTPUT_TTL_S)) as demo:
         gr.Markdown("# ACE-Step Playground\nGenerate a song from tags and lyrics, regenerate part "
-                    "of a track (Inpaint), extend it (Outpaint), remix it (Edit) or sing it anew "
-                    "(Cover) with ACE-Step.")
+                    "of a track (Inpaint), extend it (Outpaint), remix it (Edit), sing it anew "
+                    "(Cover) or work on its tracks (Stems) with ACE-Step.")
         with gr.Row():
             model = gr.Dropdown(choices, value=default_model, label="Model", elem_id="model",
                                 scale=3, info="The models this server offers; a model loads on "
@@ -553,6 +561,22 @@ def build_app(manager: EngineManager, default_model: str, models: list[str],
                         tab.song_controls(default_model)
                     with gr.Column(scale=2):
                         tab.outputs()
+
+            with gr.Tab("Stems", id="stems"):
+                gr.Markdown(STEMS_NOTE)
+                with gr.Tabs():
+                    for task, field in (("extract", "track_name"), ("lego", "track_name"),
+                                        ("complete", "track_classes")):
+                        with gr.Tab(task.capitalize(), id=task):
+                            tab = tabs[task]
+                            gr.Markdown(DESCRIPTIONS[task])
+                            with gr.Row():
+                                with gr.Column(scale=3):
+                                    tab.add("audio")
+                                    tab.add(field)
+                                    tab.song_controls(default_model)
+                                with gr.Column(scale=2):
+                                    tab.outputs()
 
         for task, tab in tabs.items():
             outputs = [tab.result, tab.seed_used, tab.params]

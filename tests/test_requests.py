@@ -7,14 +7,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ace_step_ui.errors import InputError
-from ace_step_ui.requests import (ALIASES, MAX_TEXT_CHARS, SEED_MAX, TASKS, EditRequest,
+from ace_step_ui.requests import (ALIASES, MAX_TEXT_CHARS, SEED_MAX, TASKS, TRACKS, EditRequest,
                                   InpaintRequest, derive_retake_seed, is_default, parse_request,
                                   resolve_range, resolve_seed, schema)
 
 REQUIRED = {"generate": {"tags": "lofi"}, "inpaint": {"tags": "lofi", "audio": "song.wav"},
             "outpaint": {"tags": "lofi", "audio": "song.wav"},
             "edit": {"tags": "lofi", "audio": "song.wav", "original_tags": "pop"},
-            "cover": {"tags": "lofi", "audio": "song.wav"}}
+            "cover": {"tags": "lofi", "audio": "song.wav"},
+            "extract": {"tags": "lofi", "audio": "song.wav"},
+            "lego": {"tags": "lofi", "audio": "song.wav"},
+            "complete": {"tags": "lofi", "audio": "song.wav"}}
 
 
 def valid_value(spec):
@@ -47,6 +50,8 @@ def valid_payloads(draw, task):
                        end_time_relative_to="start")
     if payload.get("oss_steps") and payload.get("scheduler") == "heun":
         payload["scheduler"] = "euler"
+    if "track_classes" in payload:  # names from upstream's list
+        payload["track_classes"] = ", ".join(draw(st.lists(st.sampled_from(TRACKS), max_size=4)))
     return payload
 
 
@@ -379,3 +384,11 @@ def test_schema_names_the_kinds():
 ])
 def test_is_default_reads_form_values(name, value, expected):
     assert is_default("generate", name, value) is expected
+
+
+def test_complete_names_tracks_from_upstreams_list():
+    request = parse_request("complete", {"tags": "pop", "audio": "a.wav",
+                                         "track_classes": " drums, bass ,"})
+    assert request.track_list == ["drums", "bass"]
+    with pytest.raises(InputError, match="'kazoo', which is no track; choose from vocals"):
+        parse_request("complete", {"tags": "pop", "audio": "a.wav", "track_classes": "drums, kazoo"})

@@ -33,7 +33,9 @@ def read(path: str) -> soundfile._SoundFileInfo:
 
 def test_named_endpoints_take_the_hosted_parameter_names(client):
     endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
-    assert set(endpoints) == {"/generate", "/inpaint", "/outpaint", "/edit", "/cover", "/stop"}
+    assert set(endpoints) == {f"/{task}" for task in TASKS} | {"/stop"}
+    assert set(TASKS) == {"generate", "inpaint", "outpaint", "edit", "cover", "extract", "lego",
+                          "complete"}
     for task in TASKS:
         info = endpoints[f"/{task}"]
         names = [p["parameter_name"] for p in info["parameters"]]
@@ -132,6 +134,12 @@ def test_cover_keeps_the_sources_length_rate_and_channels(client, sine_wav):
                                                              source.channels)
     assert params["task"] == "cover" and params["engine"]["audio_cover_strength"] == 0.7
     assert params["ignored_params"] == []
+
+
+def test_stems_on_a_turbo_model_name_the_base_model(client, sine_wav):
+    with pytest.raises(AppError, match="extract runs on an ACE-Step 1.5 base model"):
+        client.predict(audio=handle_file(str(sine_wav)), tags="pop", track_name="drums",
+                       api_name="/extract")
 
 
 def test_inpaint_range_anchored_to_the_end(client, sine_wav):

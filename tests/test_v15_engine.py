@@ -533,3 +533,30 @@ def test_the_cli_runs_cover(tiny_v15, sine_wav, tmp_path, capsys):
     assert (info.frames, info.samplerate, info.channels) == (source.frames, source.samplerate,
                                                              source.channels)
     assert json.loads(Path(written).with_suffix(".json").read_text())["task"] == "cover"
+
+
+
+@pytest.mark.parametrize("task, field, values", [("extract", "track_name", ("vocals", "drums")),
+                                                 ("lego", "track_name", ("drums", "bass")),
+                                                 ("complete", "track_classes", ("drums", "bass, guitar"))])
+def test_stem_tasks_run_on_base_at_the_sources_length(manager, tiny_v15_base, sine_wav, task, field,
+                                                      values):
+    source = read_audio(sine_wav)
+    first, second = (run(manager, tiny_v15_base, task, audio=str(sine_wav), seed=2, **{field: value})
+                     for value in values)
+    out = first.audio
+    assert (out.sample_rate, out.channels, out.frames) == (source.sample_rate, source.channels,
+                                                           source.frames)
+    assert not torch.equal(out.samples, second.audio.samples)  # the track named is the task
+    assert first.params["ignored_params"] == [] and first.params["task"] == task
+    again = run(manager, tiny_v15_base, task, audio=str(sine_wav), seed=2, **{field: values[0]})
+    assert torch.equal(out.samples, again.audio.samples)
+
+
+@pytest.mark.parametrize("task", ["extract", "lego", "complete"])
+def test_stem_tasks_are_refused_on_turbo_and_v1_before_any_work(tiny_v15, task):
+    payload = {"tags": "pop", "audio": "missing.wav"}
+    with pytest.raises(InputError, match=f"{task} runs on an ACE-Step 1.5 base model"):
+        tasks.check(task, payload, str(tiny_v15))
+    with pytest.raises(InputError, match=f"{task} is an ACE-Step 1.5 task"):
+        tasks.check(task, payload, DEFAULT_MODEL)

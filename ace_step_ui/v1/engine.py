@@ -24,7 +24,8 @@ from ..edits import fit_end, to_source
 from ..engines import (V15_MODEL, EngineOutput, Family, StepCallback, pick_device, pick_dtype,
                        register)
 from ..errors import InputError
-from ..requests import BaseRequest, CoverRequest, GenerateRequest
+from ..requests import (BaseRequest, CompleteRequest, CoverRequest, ExtractRequest, GenerateRequest,
+                        LegoRequest)
 from . import checkpoint
 from .autoencoder import LATENT_FRAMES_PER_SECOND
 from .pipeline import (EDIT_PRESETS, EditTarget, Sampling, V1Job, V1Pipeline,
@@ -57,9 +58,9 @@ def honoured(model: str, task: str) -> frozenset[str]:
 
 def check_request(model: str, request: BaseRequest) -> None:
     """Refuse what v1 cannot run, before any audio is read or the model loaded."""
-    if isinstance(request, CoverRequest):
-        raise InputError(f"cover is an ACE-Step 1.5 task: choose an ACE-Step 1.5 model such as "
-                         f"{V15_MODEL}")
+    if isinstance(request, (CoverRequest, ExtractRequest, LegoRequest, CompleteRequest)):
+        raise InputError(f"{request.task} is an ACE-Step 1.5 task: choose an ACE-Step 1.5 model such "
+                         f"as {V15_MODEL}")
     if isinstance(request, GenerateRequest) and request.reference_audio:
         if request.variance > 0:
             raise InputError("variance (a retake) and reference_audio (audio-to-audio) are two "

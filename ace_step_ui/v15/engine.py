@@ -32,10 +32,12 @@ from ..engines import (DEFAULT_MODEL, V15_MODEL, EngineOutput, Family, StepCallb
                        read_json, register)
 from ..errors import InputError
 from ..hub import download, local_checkpoint, lora_file, require_files
-from ..requests import (BaseRequest, CoverRequest, EditRequest, GenerateRequest, InpaintRequest,
-                        OutpaintRequest, is_instrumental)
+from ..requests import (BaseRequest, CompleteRequest, CoverRequest, EditRequest, ExtractRequest,
+                        GenerateRequest, InpaintRequest, LegoRequest, OutpaintRequest,
+                        is_instrumental)
 
-HUB_IDS = (V15_MODEL, "ACE-Step/acestep-v15-xl-base-diffusers")
+BASE_MODEL = "ACE-Step/acestep-v15-xl-base-diffusers"
+HUB_IDS = (V15_MODEL, BASE_MODEL)
 PIPELINE_CLASS = "AceStepPipeline"
 
 COMMON = frozenset({"tags", "lyrics", "seed", "number_of_steps", "lora", "lora_scale"})
@@ -50,7 +52,11 @@ TASK_PARAMS = {
     "outpaint": frozenset({"audio", "extend_before_duration", "extend_after_duration",
                            "context_duration"}),
     "cover": frozenset({"audio", "audio_cover_strength"}),
+    "extract": frozenset({"audio", "track_name"}),
+    "lego": frozenset({"audio", "track_name"}),
+    "complete": frozenset({"audio", "track_classes"}),
 }
+BASE_TASKS = ("extract", "lego", "complete")  # upstream trains only the base models for these
 
 
 @dataclass(frozen=True)
@@ -133,6 +139,9 @@ def check_request(model: str, request: BaseRequest) -> None:
         raise _needs_v1("edit (audio-to-audio)")
     if isinstance(request, GenerateRequest) and request.reference_audio:
         raise _needs_v1("audio-to-audio from a reference_audio", "or clear reference_audio")
+    if request.task in BASE_TASKS and variant_of(model) != "base":
+        raise InputError(f"{request.task} runs on an ACE-Step 1.5 base model such as {BASE_MODEL}; "
+                         f"upstream does not train the turbo models for it")
 
 
 def _needs_v1(what: str, alternative: str = "") -> InputError:
@@ -234,10 +243,33 @@ class AceStep15Engine:
     def cover(self, request: CoverRequest, source: Audio, seed: int, retake_seed: int,
               on_step: StepCallback) -> EngineOutput:
         """The source's semantic codes (its FSQ tokens) as the structure, sung from the tags and
-        lyrics; the result has the source's length, rate and channels."""
-        settings = {**self._settings(request), "audio_cover_strength": request.audio_cover_strength}
+        lyrics."""
+        return self._whole_track(request, source, seed, on_step, task_type="cover",
+                                 audio_cover_strength=request.audio_cover_strength)
+
+    def extract(self, request: ExtractRequest, source: Audio, seed: int, retake_seed: int,
+                on_step: StepCallback) -> EngineOutput:
+        return self._whole_track(request, source, seed, on_step, task_type="extract",
+                                 track_name=request.track_name)
+
+    def lego(self, request: LegoRequest, source: Audio, seed: int, retake_seed: int,
+             on_step: StepCallback) -> EngineOutput:
+        return self._whole_track(request, source, seed, on_step, task_type="lego",
+                                 track_name=request.track_name)
+
+    def complete(self, request: CompleteRequest, source: Audio, seed: int, retake_seed: int,
+                 on_step: StepCallback) -> EngineOutput:
+        return self._whole_track(request, source, seed, on_step, task_type="complete",
+                                 complete_track_classes=request.track_list or None)
+
+    def _whole_track(self, request: Any, source: Audio, seed: int, on_step: StepCallback,
+                     **task_kwargs: Any) -> EngineOutput:
+        """A diffusers task on the whole source; the result has the source's length, rate and
+        channels."""
+        settings = {**self._settings(request),
+                    **{key: value for key, value in task_kwargs.items() if key != "task_type"}}
         wave = self._on_source(request, settings, self._model_audio(source), seed, seed, 0.0, on_step,
-                               task_type="cover", audio_cover_strength=request.audio_cover_strength)
+                               **task_kwargs)
         rendered = to_source(Audio(wave, self.sample_rate), source, source.frames)
         return EngineOutput(Audio(rendered, source.sample_rate), settings, unused=unused(request))
 
