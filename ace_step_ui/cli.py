@@ -3,7 +3,7 @@
     python -m ace_step_ui run generate --input '{"tags": "lofi"}' --output-dir out
     python -m ace_step_ui run inpaint --input @request.json --output-dir out --format flac
     python -m ace_step_ui run edit --input @edit.json --output-dir out --save-latents
-    python -m ace_step_ui tiny v1 DIR      (or: tiny v15 DIR --variant base)
+    python -m ace_step_ui tiny v1 DIR      (or: tiny v15 DIR --variant base, tiny planner DIR)
 
 Exit codes follow the hosted CLI: 0 success, 64 bad arguments, 65 input that fails validation,
 69 a model that cannot be loaded, 73 a result that cannot be written, 130 stopped. Errors are one
@@ -62,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="replace a result of the same name (by default it is kept and the new "
                           "one is written as <stem>-2, <stem>-3, ...)")
     tiny = commands.add_parser("tiny", help="write a tiny random-weight checkpoint, offline")
-    tiny.add_argument("family", choices=("v1", "v15"))
+    tiny.add_argument("family", choices=("v1", "v15", "planner"),
+                      help="planner: the 5 Hz LM of ACE-Step 1.5")
     tiny.add_argument("folder", type=Path)
     tiny.add_argument("--variant", choices=("turbo", "base"), help="v15 only (default turbo)")
     return parser
@@ -133,9 +134,9 @@ def run_command(args: argparse.Namespace) -> int:
 
 
 def tiny_command(args: argparse.Namespace) -> int:
+    if args.family != "v15" and args.variant is not None:
+        raise UsageError("python -m ace_step_ui tiny: --variant applies to v15 only")
     if args.family == "v1":
-        if args.variant is not None:
-            raise UsageError("python -m ace_step_ui tiny: --variant applies to v15 only")
         from .v1 import vocab
         from .v1.tiny import add_lyric_vocab, write_tiny_checkpoint as write_v1
 
@@ -149,6 +150,10 @@ def tiny_command(args: argparse.Namespace) -> int:
                   f"{vocab.VOCAB_REPO} {vocab.VOCAB_FILE} --repo-type {vocab.VOCAB_REPO_TYPE}` or copy "
                   f"upstream's vocab.json to {folder / vocab.BESIDE_CHECKPOINT}", file=sys.stderr)
         print(folder)
+    elif args.family == "planner":
+        from .v15.planner import make_tiny_planner
+
+        print(make_tiny_planner(args.folder))
     else:
         from .v15.tiny import write_tiny_checkpoint as write_v15
 

@@ -103,12 +103,13 @@ def test_save_latents_from_a_model_without_latents_exits_65_with_one_line(tiny_v
 
 
 @pytest.mark.parametrize("args, message", [
-    (["tiny", "v2", "x"], "argument family: invalid choice: 'v2' (choose from v1, v15)"),
+    (["tiny", "v2", "x"], "argument family: invalid choice: 'v2' (choose from v1, v15, planner)"),
     (["tiny", "v1", "x", "--variant", "base"], "--variant applies to v15 only"),
 ])
 def test_tiny_families(args, message):
     done = cli(*args)
-    assert done.returncode == 64 and message in done.stderr.replace("'v1', 'v15'", "v1, v15")
+    shown = done.stderr.replace("'v1', 'v15', 'planner'", "v1, v15, planner")
+    assert done.returncode == 64 and message in shown
 
 
 def test_tiny_writes_a_loadable_checkpoint(tmp_path):
