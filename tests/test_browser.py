@@ -154,6 +154,28 @@ def test_outpaint_tab(page, sine_wav, tmp_path):
     page.screenshot(path=tmp_path / "outpaint.png", full_page=True)
 
 
+def test_cover_tab(page, sine_wav, tmp_path):
+    page.get_by_role("tab", name="Cover").click()
+    upload_source(page, "cover", sine_wav)
+    fill_text(page, "cover-tags", "jazz, brass")
+    fill_number(page, "cover-audio_cover_strength", 0.6)
+    fast_steps(page, "cover")
+    run_and_check_result(page, "cover")
+    expect(page.locator("#cover-params")).to_contain_text("audio_cover_strength")
+    page.screenshot(path=tmp_path / "cover.png", full_page=True)
+
+
+def test_stems_on_a_turbo_model_say_which_model_runs_them(page, sine_wav):
+    page.get_by_role("tab", name="Stems").click()
+    page.get_by_role("tab", name="Extract").click()
+    upload_source(page, "extract", sine_wav)
+    fill_text(page, "extract-tags", "pop")
+    page.locator("#extract-run").click()
+    expect(toasts(page)).to_contain_text("extract runs on an ACE-Step 1.5 base model",
+                                         timeout=RESULT_TIMEOUT_MS)
+    expect(page.locator("#extract-tags textarea")).to_have_value("pop")  # nothing typed is lost
+
+
 def test_bad_range_shows_the_message_and_keeps_the_inputs(page, sine_wav, tmp_path):
     page.get_by_role("tab", name="Inpaint").click()
     upload_source(page, "inpaint", sine_wav)
