@@ -434,6 +434,19 @@ class _Tab:
         self.advanced(model)
         self.buttons()
 
+    def source_layout(self, model: str, fields: dict[str, dict[str, Any]], note: str) -> None:
+        """A task on a source: the note, the source audio, `fields` (name -> overrides) and the
+        song controls, with the outputs beside them."""
+        gr.Markdown(note)
+        with gr.Row():
+            with gr.Column(scale=3):
+                self.add("audio")
+                for name, overrides in fields.items():
+                    self.add(name, **overrides)
+                self.song_controls(model)
+            with gr.Column(scale=2):
+                self.outputs()
+
     def buttons(self) -> None:
         with gr.Row():
             self.run = gr.Button(self.task.capitalize(), variant="primary", scale=3,
@@ -537,30 +550,17 @@ def build_app(manager: EngineManager, default_model: str, models: list[str],
                         tab.outputs()
 
             with gr.Tab("Edit", id="edit"):
-                tab = tabs["edit"]
-                gr.Markdown(DESCRIPTIONS["edit"] + " Give the tags and lyrics the track was made "
-                            "with, then the new ones.")
-                with gr.Row():
-                    with gr.Column(scale=3):
-                        tab.add("audio")
-                        tab.add("edit_mode")
-                        tab.add("original_tags", lines=2,
-                                placeholder="e.g. pop, female vocals, piano, 90 bpm")
-                        tab.add("original_lyrics", lines=4)
-                        tab.song_controls(default_model)
-                    with gr.Column(scale=2):
-                        tab.outputs()
+                edit_fields = {"edit_mode": {},
+                               "original_tags": dict(lines=2, placeholder="e.g. pop, female "
+                                                                          "vocals, piano, 90 bpm"),
+                               "original_lyrics": dict(lines=4)}
+                tabs["edit"].source_layout(default_model, edit_fields, DESCRIPTIONS["edit"]
+                                           + " Give the tags and lyrics the track was made with, "
+                                             "then the new ones.")
 
             with gr.Tab("Cover", id="cover"):
-                tab = tabs["cover"]
-                gr.Markdown(DESCRIPTIONS["cover"])
-                with gr.Row():
-                    with gr.Column(scale=3):
-                        tab.add("audio")
-                        tab.add("audio_cover_strength")
-                        tab.song_controls(default_model)
-                    with gr.Column(scale=2):
-                        tab.outputs()
+                tabs["cover"].source_layout(default_model, {"audio_cover_strength": {}},
+                                            DESCRIPTIONS["cover"])
 
             with gr.Tab("Stems", id="stems"):
                 gr.Markdown(STEMS_NOTE)
@@ -568,15 +568,7 @@ def build_app(manager: EngineManager, default_model: str, models: list[str],
                     for task, field in (("extract", "track_name"), ("lego", "track_name"),
                                         ("complete", "track_classes")):
                         with gr.Tab(task.capitalize(), id=task):
-                            tab = tabs[task]
-                            gr.Markdown(DESCRIPTIONS[task])
-                            with gr.Row():
-                                with gr.Column(scale=3):
-                                    tab.add("audio")
-                                    tab.add(field)
-                                    tab.song_controls(default_model)
-                                with gr.Column(scale=2):
-                                    tab.outputs()
+                            tabs[task].source_layout(default_model, {field: {}}, DESCRIPTIONS[task])
 
         for task, tab in tabs.items():
             outputs = [tab.result, tab.seed_used, tab.params]
