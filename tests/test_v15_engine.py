@@ -103,11 +103,16 @@ def test_inpaint_keeps_every_sample_outside_the_range(manager, tiny_v15, sine_wa
     assert result.params["retake_seed"] == 4  # derived from seed 3: the variance noise
 
 
+def mono_flac(folder: Path, seconds: int, rate: int = 22050) -> Path:
+    """A mono 200 Hz tone as FLAC: a source whose rate and channels differ from the model's."""
+    tone = (0.2 * torch.sin(torch.arange(seconds * rate) / rate * 2 * torch.pi * 200)).numpy()
+    path = folder / "mono.flac"
+    sf.write(path, tone, rate)
+    return path
+
+
 def test_inpaint_relative_to_end_on_a_mono_file(manager, tiny_v15, tmp_path):
-    rate = 22050
-    mono = (0.2 * torch.sin(torch.arange(4 * rate) / rate * 2 * torch.pi * 200)).numpy()
-    path = tmp_path / "mono.flac"
-    sf.write(path, mono, rate)
+    path, rate = mono_flac(tmp_path, 4), 22050
     source = read_audio(path)
     result = run(manager, tiny_v15, "inpaint", audio=str(path), start_time=1.5,
                  start_time_relative_to="end", end_time=0, end_time_relative_to="end", seed=1)
@@ -495,10 +500,7 @@ def test_the_tiny_checkpoint_has_the_audio_code_path(tiny_v15):
 
 
 def test_cover_sings_the_source_anew_at_its_length_rate_and_channels(manager, tiny_v15, tmp_path):
-    rate = 22050
-    mono = (0.2 * torch.sin(torch.arange(3 * rate) / rate * 2 * torch.pi * 200)).numpy()
-    path = tmp_path / "mono.flac"
-    sf.write(path, mono, rate)
+    path, rate = mono_flac(tmp_path, 3), 22050
     source = read_audio(path)
 
     def cover(**values):
