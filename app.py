@@ -1,6 +1,7 @@
 """Start the ACE-Step Playground: read the options, build the UI, launch.
 
-    python app.py [--model ID_OR_FOLDER] [--models ID_OR_FOLDER ...] [--allow-path DIR]
+    python app.py [--model ID_OR_FOLDER] [--models ID_OR_FOLDER ...] [--planner ID_OR_FOLDER]
+                  [--allow-path DIR]
                   [--share] [--auth user:pass] [--server-name HOST] [--port N]
                   [--device auto|cpu|cuda|mps] [--dtype auto|float32|bfloat16|float16]
 
@@ -18,7 +19,8 @@ import sys
 from pathlib import Path
 
 from ace_step_ui.cli import EXIT_USAGE, UsageError, UsageParser
-from ace_step_ui.engines import DEFAULT_MODEL, DTYPES, EngineManager, known_models, pick_device
+from ace_step_ui.engines import (DEFAULT_MODEL, DEFAULT_PLANNER, DTYPES, HUB_PLANNERS, EngineManager,
+                                 known_models, pick_device)
 from ace_step_ui.errors import InputError, ModelUnavailableError
 
 
@@ -36,6 +38,10 @@ def build_parser() -> UsageParser:
     parser.add_argument("--models", nargs="+", default=None, metavar="ID_OR_FOLDER",
                         help="the other models visitors may choose (default: the official "
                              "ACE-Step v1 and 1.5 models)")
+    parser.add_argument("--planner", default=DEFAULT_PLANNER, metavar="ID_OR_FOLDER",
+                        help="the 5 Hz LM that writes prompt-to-audio songs and thinks for "
+                             f"ACE-Step 1.5: {', '.join(HUB_PLANNERS)}, a Hub repo id or a "
+                             f"folder (default {DEFAULT_PLANNER}; it loads on first use)")
     parser.add_argument("--allow-path", action="append", default=[], type=Path, metavar="DIR",
                         help="a folder whose files visitors may name as audio or LoRA (repeat "
                              "for more); by default they may only upload files or give URLs")
@@ -69,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from ace_step_ui.ui import build_app, launch_options
 
-    manager = EngineManager(device=args.device, dtype=args.dtype)
+    manager = EngineManager(device=args.device, dtype=args.dtype, planner=args.planner)
     if os.getenv("SPACES_ZERO_GPU") == "true":
         # ZeroGPU wants the weights placed at start-up; GPU calls run in forked workers.
         try:

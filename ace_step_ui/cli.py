@@ -3,6 +3,7 @@
     python -m ace_step_ui run generate --input '{"tags": "lofi"}' --output-dir out
     python -m ace_step_ui run inpaint --input @request.json --output-dir out --format flac
     python -m ace_step_ui run edit --input @edit.json --output-dir out --save-latents
+    python -m ace_step_ui run prompt-to-audio --input '{"prompt": "a song about rain"}' --output-dir out
     python -m ace_step_ui tiny v1 DIR      (or: tiny v15 DIR --variant base, tiny planner DIR)
 
 Exit codes follow the hosted CLI: 0 success, 64 bad arguments, 65 input that fails validation,
@@ -20,7 +21,7 @@ from typing import Any, Sequence
 
 from . import tasks
 from .audio import FORMATS
-from .engines import DEFAULT_MODEL, DTYPES, EngineManager, pick_device
+from .engines import DEFAULT_MODEL, DEFAULT_PLANNER, DTYPES, HUB_PLANNERS, EngineManager, pick_device
 from .errors import Cancelled, InputError, ModelUnavailableError
 from .requests import TASKS
 
@@ -44,11 +45,16 @@ class UsageParser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = UsageParser(prog="python -m ace_step_ui", description="ACE-Step Playground command line")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=UsageParser)
-    run = commands.add_parser("run", help=f"run {', '.join(TASKS[:-1])} or {TASKS[-1]}")
-    run.add_argument("task", choices=TASKS)
+    names = [cli_name(task) for task in TASKS]
+    run = commands.add_parser("run", help=f"run {', '.join(names[:-1])} or {names[-1]}")
+    run.add_argument("task", type=task_name, choices=TASKS, metavar="{" + ",".join(names) + "}")
     run.add_argument("--input", required=True, help="the request as JSON, or @file.json")
     run.add_argument("--output-dir", required=True, type=Path)
     run.add_argument("--model", default=DEFAULT_MODEL, help="Hub model id or checkpoint folder")
+    run.add_argument("--planner", default=DEFAULT_PLANNER, metavar="ID_OR_FOLDER",
+                     help="the 5 Hz LM that writes prompt-to-audio songs and thinks (ACE-Step 1.5 "
+                          f"thinking): {', '.join(HUB_PLANNERS)}, a Hub repo id or a folder "
+                          f"(default {DEFAULT_PLANNER})")
     run.add_argument("--format", default="wav", choices=FORMATS,
                      help="wav (32-bit float) and flac (24-bit; exact for 16- and 24-bit sources) keep "
                           "the audio outside an edited range bit-exact; mp3 (320 kbps) is lossy")
@@ -67,6 +73,14 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("folder", type=Path)
     tiny.add_argument("--variant", choices=("turbo", "base"), help="v15 only (default turbo)")
     return parser
+
+
+def cli_name(task: str) -> str:
+    return task.replace("_", "-")  # prompt-to-audio, as the hosted model ids spell it
+
+
+def task_name(value: str) -> str:
+    return value.replace("-", "_")
 
 
 def device_option(value: str) -> str:
@@ -118,9 +132,10 @@ def run_command(args: argparse.Namespace) -> int:
     payload = read_input(args.input)
     if args.output_dir.exists() and not args.output_dir.is_dir():
         raise UsageError(f"--output-dir: {args.output_dir} is a file, not a folder")
-    manager = EngineManager(device=args.device, dtype=args.dtype)
-    result = tasks.run(args.task, payload, manager, args.model, on_step=_print_step,
-                       need_latents=args.save_latents)
+    manager = EngineManager(device=args.device, dtype=args.dtype, planner=args.planner)
+    progress = Progress()
+    result = tasks.run(args.task, payload, manager, args.model, on_step=progress.step,
+                       need_latents=args.save_latents, on_phase=progress.phase)
     try:
         path = tasks.save_result(result, args.output_dir, args.format,
                                  save_latents=args.save_latents, overwrite=args.overwrite)
@@ -161,5 +176,16 @@ def tiny_command(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _print_step(step: int, total: int) -> None:
-    print(f"\rstep {step}/{total}", end="\n" if step == total else "", file=sys.stderr, flush=True)
+class Progress:
+    """Progress on stderr, one line a phase: "token N/M" while the planner writes, "step N/M"
+    while the model denoises."""
+
+    def __init__(self) -> None:
+        self.unit = "step"
+
+    def phase(self, name: str) -> None:
+        self.unit = "token" if name == tasks.PLANNING else "step"
+
+    def step(self, step: int, total: int) -> None:
+        print(f"\r{self.unit} {step}/{total}", end="\n" if step == total else "", file=sys.stderr,
+              flush=True)

@@ -22,13 +22,21 @@ from typing import Any, Callable, Iterator, Protocol
 
 import torch
 
+from . import memory
 from .audio import Audio
 from .errors import Cancelled, InputError, ModelUnavailableError
-from .requests import (BaseRequest, CoverRequest, EditRequest, GenerateRequest, InpaintRequest,
-                       OutpaintRequest)
+from .requests import (CoverRequest, EditRequest, GenerateRequest, InpaintRequest,
+                       OutpaintRequest, Request)
 
 DEFAULT_MODEL = "ACE-Step/ACE-Step-v1-3.5B"
 V15_MODEL = "ACE-Step/acestep-v15-xl-turbo-diffusers"  # named where a task needs ACE-Step 1.5
+# Name -> (Hub repo, folder inside it). Any other name is a local folder or a Hub repo id.
+HUB_PLANNERS = {
+    "acestep-5Hz-lm-0.6B": ("ACE-Step/acestep-5Hz-lm-0.6B", None),
+    "acestep-5Hz-lm-1.7B": ("ACE-Step/Ace-Step1.5", "acestep-5Hz-lm-1.7B"),
+    "acestep-5Hz-lm-4B": ("ACE-Step/acestep-5Hz-lm-4B", None),
+}
+DEFAULT_PLANNER = "acestep-5Hz-lm-1.7B"  # upstream's DEFAULT_LM_MODEL (v15/planner.py)
 # The model families in order of preference: the first is the default for an unknown Hub id.
 FAMILY_MODULES = (f"{__package__}.v1.engine", f"{__package__}.v15.engine")
 
@@ -61,7 +69,8 @@ class Engine(Protocol):
 
     def generate(self, request: GenerateRequest, seed: int, retake_seed: int,
                  on_step: StepCallback, reference: Audio | None = None) -> EngineOutput:
-        """A song from `request`; with `reference`, audio-to-audio from that track."""
+        """A song from `request`; with `reference`, audio-to-audio from that track. A family that
+        honours `thinking` (ACE-Step 1.5) also takes `audio_codes=`, the planner's codes."""
 
     def repaint(self, request: InpaintRequest, window: Audio, start_s: float, end_s: float,
                 seed: int, retake_seed: int, on_step: StepCallback) -> EngineOutput:
@@ -87,7 +96,7 @@ class Engine(Protocol):
     # without them refuses them in its check_request.
 
 
-def accept_any(model: str, request: BaseRequest) -> None:
+def accept_any(model: str, request: Request) -> None:
     """A family's request check that accepts every request."""
 
 
@@ -106,7 +115,7 @@ class Family:
     honoured: Callable[[str, str], frozenset[str]]
     # (model id or folder, request) -> None, or InputError for a request the family cannot run at
     # all (a task it lacks); called before any audio is read or any model is loaded
-    check_request: Callable[[str, BaseRequest], None] = accept_any
+    check_request: Callable[[str, Request], None] = accept_any
     # whether its engines return the final diffusion latents (EngineOutput.latents)
     returns_latents: bool = True
 
@@ -226,6 +235,12 @@ def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return torch.float32
 
 
+def _free_cached() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 class GpuSlot:
     """One job at a time on the model, in the order the jobs were submitted (`number`); a job
     waiting for the slot leaves the line as soon as its stop event is set, so a cancelled job never
@@ -279,19 +294,31 @@ class GpuSlot:
 
 
 class EngineManager:
-    """Holds at most one loaded engine and runs one job at a time on it.
+    """Holds at most one loaded engine (and the planner, ACE-Step 1.5's 5 Hz LM, when a job needs
+    it) and runs one job at a time on them.
+
+    The engine and the planner share the device's memory (memory.py): when the one about to run
+    does not fit beside the other, the planner moves to the CPU (and back when it plans again) and
+    the engine is unloaded (and loaded again on its next job); on the CPU itself the other one is
+    unloaded. `moves` lists what was moved, for the result's params.
 
     Jobs belong to an owner (a browser session, an API client); `cancel(owner)` stops all of that
     owner's jobs at their next diffusion step, or before they start if they are still waiting for
     the slot. Reading sources happens outside the slot, so a slow download never holds it.
     """
 
-    def __init__(self, device: str = "auto", dtype: str = "auto"):
+    def __init__(self, device: str = "auto", dtype: str = "auto", planner: str = "",
+                 free_memory: Callable[[torch.device], int] = memory.free_bytes):
         self.device = device
         self.dtype = dtype
+        self.planner_model = planner or DEFAULT_PLANNER
+        self.free_memory = free_memory
         self.slot = GpuSlot()
+        self.moves: list[str] = []
         self._engine: Engine | None = None
         self._engine_key: tuple[str, str, str] | None = None
+        self._planner: Any = None
+        self._planner_key: tuple[str, str, str] | None = None
         self._stops: dict[str, set[threading.Event]] = {}
         self._stops_lock = threading.Lock()
 
@@ -304,17 +331,64 @@ class EngineManager:
             # cost the model that is already loaded.
             folder = family.resolve(model)
             self.unload()
+            self._make_room(memory.weights_bytes(folder, self._torch_dtype()), for_planner=False)
             self._engine = family.load(folder, model, self.device, self.dtype)
             self._engine_key = key
+        else:
+            self._make_room(0, for_planner=False)
         assert self._engine is not None
         return self._engine
 
+    def planner(self) -> Any:
+        """The 5 Hz LM `planner_model` (a `v15.planner.Planner`) on the device, loaded on first
+        use, or brought back from the CPU."""
+        from .v15.planner import Planner, PlannerConfig, resolve_planner
+
+        key = (self.planner_model, self.device, self.dtype)
+        if self._planner_key != key:
+            folder = resolve_planner(self.planner_model)  # a bad name costs nothing loaded
+            self.unload_planner()
+            self._make_room(memory.weights_bytes(folder, self._torch_dtype()), for_planner=True)
+            self._planner = Planner.load(PlannerConfig(model=str(folder)), self.device, self.dtype)
+            self._planner_key = key
+        elif self._planner.device != pick_device(self.device):
+            self._make_room(self._planner.weights_bytes(), for_planner=True)
+            self._planner.to(pick_device(self.device))
+            self.moves.append("planner back on the device")
+        else:
+            self._make_room(0, for_planner=True)
+        return self._planner
+
+    def _make_room(self, need_bytes: int, for_planner: bool) -> None:
+        """Move the other model out of the way when `need_bytes` more do not fit on the device."""
+        other = self._engine if for_planner else self._planner
+        device = pick_device(self.device)
+        if other is None or memory.fits(need_bytes, self.free_memory(device)):
+            return
+        if for_planner:
+            self.unload()
+            self.moves.append("unloaded the DiT for the planner")
+        elif device.type != "cpu" and self._planner.device.type != "cpu":
+            self._planner.to(torch.device("cpu"))
+            self.moves.append("planner offloaded to the CPU")
+            _free_cached()
+        elif device.type == "cpu":
+            self.unload_planner()
+            self.moves.append("unloaded the planner for the DiT")
+
+    def _torch_dtype(self) -> torch.dtype:
+        return pick_dtype(self.dtype, pick_device(self.device))
+
     def unload(self) -> None:
+        """Unload the engine."""
         self._engine = None
         self._engine_key = None
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        _free_cached()
+
+    def unload_planner(self) -> None:
+        self._planner = None
+        self._planner_key = None
+        _free_cached()
 
     @contextmanager
     def job(self, owner: str = "", stop: threading.Event | None = None

@@ -16,13 +16,15 @@ import dataclasses
 import difflib
 import math
 import random
+import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from .errors import InputError
 
 SEED_MAX = 2147483647
-TASKS = ("generate", "inpaint", "outpaint", "edit", "cover", "extract", "lego", "complete")
+TASKS = ("generate", "inpaint", "outpaint", "edit", "cover", "extract", "lego", "complete",
+         "prompt_to_audio")
 # The track names of upstream ACE-Step 1.5's stem tasks (its UI's list).
 TRACKS = ("vocals", "backing_vocals", "drums", "bass", "guitar", "keyboard", "percussion", "strings",
           "synth", "fx", "brass", "woodwinds")
@@ -42,6 +44,15 @@ MAX_TEXT_CHARS = 4_000
 MAX_SOURCE_CHARS = 2_048  # a path, an https:// URL or a Hub id (URLs past 2,048 break many servers)
 AUDIO_SOURCES = ("audio", "reference_audio")  # also take data: URIs, which remote.py bounds (200 MB)
 SHOWN_CHARS = 40  # how much of a value a message quotes
+# The song metadata ACE-Step 1.5 takes, as its 5 Hz LM writes it (upstream's constants.py).
+BPM_RANGE = (30, 300)
+TIME_SIGNATURES = (2, 3, 4, 6)  # beats per bar; 6 is 6/8
+LANGUAGES = (  # upstream's VALID_LANGUAGES, less "unknown"
+    "ar", "az", "bg", "bn", "ca", "cs", "da", "de", "el", "en", "es", "fa", "fi", "fr", "he", "hi",
+    "hr", "ht", "hu", "id", "is", "it", "ja", "ko", "la", "lt", "ms", "ne", "nl", "no", "pa", "pl",
+    "pt", "ro", "ru", "sa", "sk", "sr", "sv", "sw", "ta", "te", "th", "tl", "tr", "uk", "ur", "vi",
+    "yue", "zh")
+KEYSCALE = re.compile(r"([A-G])\s*(#|b|♯|♭)?\s+(major|minor)", re.IGNORECASE)
 V1_ONLY = " ACE-Step v1 only."
 
 
@@ -54,14 +65,9 @@ def _param(default: Any, help: str, *, minimum: float | None = None, maximum: fl
 
 
 @dataclass(frozen=True, kw_only=True)
-class BaseRequest:
-    """Parameters every task shares: the song description, the seed and the advanced sampler set."""
+class Request:
+    """Parameters every task shares: the seed and the advanced sampler set."""
 
-    tags: str = _param("", "Comma-separated genre, mood and instrument tags.", required=True,
-                       max_length=MAX_TEXT_CHARS)
-    lyrics: str = _param("", "Lyrics with [verse], [chorus], [bridge]… markers; [inst] or "
-                             "[instrumental] for no vocals; blank lets the model decide.",
-                         max_length=MAX_TEXT_CHARS)
     seed: int = _param(-1, "Random seed; -1 draws one (the seed used is returned).",
                        minimum=-1, maximum=SEED_MAX)
     retake_seed: int = _param(-1, "Seed of the second noise: the one `variance` blends in, and the "
@@ -122,6 +128,45 @@ class BaseRequest:
 
 
 @dataclass(frozen=True, kw_only=True)
+class SongText:
+    tags: str = _param("", "Comma-separated genre, mood and instrument tags.", required=True,
+                       max_length=MAX_TEXT_CHARS)
+    lyrics: str = _param("", "Lyrics with [verse], [chorus], [bridge]… markers; [inst] or "
+                             "[instrumental] for no vocals; blank lets the model decide.",
+                         max_length=MAX_TEXT_CHARS)
+
+
+# A dataclass lists the fields of its last base first: the song's tags and lyrics, then the rest.
+@dataclass(frozen=True, kw_only=True)
+class BaseRequest(Request, SongText):
+    """A task sung from the caller's tags and lyrics (every task but prompt-to-audio)."""
+
+
+V15_ONLY = " ACE-Step 1.5 only."
+THINKING_HELP = ("ACE-Step 1.5's 5 Hz LM plans the song first: it fills in the bpm, key, time "
+                 "signature and language left empty, then writes the song's audio codes, which "
+                 "the DiT renders (slower; upstream's thinking mode). Off: the DiT alone."
+                 + V15_ONLY)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PromptFields:
+    prompt: str = _param("", "What the song should be, in your words: the planner (ACE-Step "
+                             "1.5's 5 Hz LM) writes its tags, lyrics and metadata from it.",
+                         required=True, max_length=MAX_TEXT_CHARS)
+    instrumental: bool = _param(False, "Write an instrumental: no lyrics, no vocals.")
+    duration: float = _param(60.0, "Length of the song in seconds.", minimum=1.0, maximum=240.0)
+    thinking: bool = _param(False, THINKING_HELP, advanced=True)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PromptToAudioRequest(Request, PromptFields):
+    """fal's prompt-to-audio: a prompt becomes tags and lyrics (the planner), then a song."""
+
+    task = "prompt_to_audio"
+
+
+@dataclass(frozen=True, kw_only=True)
 class GenerateRequest(BaseRequest):
     duration: float = _param(60.0, "Length of the song in seconds.", minimum=1.0, maximum=240.0)
     variance: float = _param(0.0, "Retake: how far the song may drift from the one `seed` gives "
@@ -136,6 +181,17 @@ class GenerateRequest(BaseRequest):
                                                "(higher = closer); it runs (1 - strength) x "
                                                "number_of_steps steps, at least 1." + V1_ONLY,
                                          minimum=0.0, maximum=1.0, advanced=True)
+    bpm: int = _param(0, f"Beats per minute, {BPM_RANGE[0]}–{BPM_RANGE[1]}; 0 = not given (the "
+                         f"planner's, when thinking)." + V15_ONLY, minimum=0,
+                      maximum=BPM_RANGE[1], advanced=True)
+    keyscale: str = _param("", "Key and mode, like 'C major' or 'F# minor'; empty = not given."
+                           + V15_ONLY, advanced=True, max_length=20)
+    timesignature: int = _param(0, "Beats per bar: 2, 3, 4 or 6 (6/8); 0 = not given." + V15_ONLY,
+                                minimum=0, maximum=6, advanced=True)
+    vocal_language: str = _param("", "Language of the lyrics as a code (en, zh, ja, es, ...); "
+                                     "empty = the model's default (en), or the planner's when "
+                                     "thinking." + V15_ONLY, advanced=True, max_length=8)
+    thinking: bool = _param(False, THINKING_HELP, advanced=True)
 
     task = "generate"
 
@@ -254,17 +310,17 @@ class CompleteRequest(WholeTrackRequest):
         return [name.strip() for name in self.track_classes.split(",") if name.strip()]
 
 
-REQUEST_TYPES: dict[str, type[BaseRequest]] = {
+REQUEST_TYPES: dict[str, type[Request]] = {
     "generate": GenerateRequest, "inpaint": InpaintRequest, "outpaint": OutpaintRequest,
     "edit": EditRequest, "cover": CoverRequest, "extract": ExtractRequest, "lego": LegoRequest,
-    "complete": CompleteRequest,
+    "complete": CompleteRequest, "prompt_to_audio": PromptToAudioRequest,
 }
 ALIASES = {"audio_url": "audio", "reference_audio_url": "reference_audio"}
 KINDS = {"str": "str", "int": "int", "float": "float", "bool": "bool", "tuple[int, ...]": "int_list"}
 TRUE_WORDS, FALSE_WORDS = ("true", "1"), ("false", "0")
 
 
-def public_fields(request_type: type[BaseRequest]) -> list[dataclasses.Field]:
+def public_fields(request_type: type[Request]) -> list[dataclasses.Field]:
     """The request's parameters in schema order, without internal bookkeeping."""
     return [f for f in dataclasses.fields(request_type) if f.name != "explicit"]
 
@@ -276,7 +332,7 @@ def schema(task: str) -> dict[str, dict[str, Any]]:
             for f in public_fields(request_type)}
 
 
-def parse_request(task: str, payload: Mapping[str, Any]) -> BaseRequest:
+def parse_request(task: str, payload: Mapping[str, Any]) -> Request:
     """Validate `payload` against `task`'s schema. Missing or null values take the hosted default."""
     request_type = _request_type(task)
     if not isinstance(payload, Mapping):
@@ -305,7 +361,7 @@ def parse_request(task: str, payload: Mapping[str, Any]) -> BaseRequest:
     return request
 
 
-def _request_type(task: str) -> type[BaseRequest]:
+def _request_type(task: str) -> type[Request]:
     if not isinstance(task, str) or task not in REQUEST_TYPES:
         raise InputError(f"unknown task {_shown(task)}; choose one of {', '.join(TASKS)}")
     return REQUEST_TYPES[task]
@@ -449,12 +505,15 @@ def _shown(raw: Any) -> str:
     return f"a {type(raw).__name__}"
 
 
-def _check_combination(request: BaseRequest) -> None:
+def _check_combination(request: Request) -> None:
     if isinstance(request, CompleteRequest):
         unknown = [name for name in request.track_list if name not in TRACKS]
         if unknown:
             raise InputError(f"track_classes names {_shown(unknown[0])}, which is no track; "
                              f"choose from {', '.join(TRACKS)}")
+    if isinstance(request, GenerateRequest):
+        check_song_metadata(request.bpm, request.keyscale, request.timesignature,
+                            request.vocal_language)
     if request.oss_steps and request.scheduler == "heun":
         raise InputError("oss_steps work with the euler and pingpong schedulers, not heun; choose "
                          "another scheduler or clear oss_steps")
@@ -470,6 +529,23 @@ def _check_combination(request: BaseRequest) -> None:
                 start, end = -start, -end
             if end - start < MIN_EDIT_SECONDS:
                 raise InputError(_range_message(start, end, request))
+
+
+def check_song_metadata(bpm: int, keyscale: str, timesignature: int, vocal_language: str) -> None:
+    """The metadata fields of ACE-Step 1.5 (0 and "" are "not given")."""
+    low, high = BPM_RANGE
+    if bpm and not low <= bpm <= high:
+        raise InputError(f"'bpm' must be 0 (not given) or from {low} to {high}, not {bpm}")
+    if keyscale.strip() and not KEYSCALE.fullmatch(keyscale.strip()):
+        raise InputError(f"'keyscale' must be a note and a mode, like 'C major' or 'F# minor', "
+                         f"not {_shown(keyscale)}")
+    if timesignature and timesignature not in TIME_SIGNATURES:
+        raise InputError(f"'timesignature' must be 0 (not given) or "
+                         f"{', '.join(map(str, TIME_SIGNATURES[:-1]))} or {TIME_SIGNATURES[-1]} "
+                         f"beats per bar, not {timesignature}")
+    if vocal_language.strip() and vocal_language.strip().lower() not in LANGUAGES:
+        raise InputError(f"'vocal_language' must be a language code the model knows "
+                         f"({', '.join(LANGUAGES)}), not {_shown(vocal_language)}")
 
 
 def resolve_range(request: InpaintRequest, source_seconds: float) -> tuple[float, float]:

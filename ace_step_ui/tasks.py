@@ -4,7 +4,8 @@
 2. fetch and read the source (and reference) audio, resolve the edited range against its duration;
    inpaint and outpaint then run on a window of it and splice the result back (edits.py);
 3. pick the seeds;
-4. load the model (first use only) and run the task on it, one job at a time;
+4. one job at a time: the planner writes the song (prompt-to-audio) or thinks it into audio
+   codes (1.5's thinking) (planning.py); then load the model (first use only) and run the task;
 5. describe what ran: the seeds used, the values the engine applied, the parameters it ignored.
 """
 
@@ -23,17 +24,18 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from . import edits
+from . import edits, planning
 from .audio import FORMATS, Audio, encode_audio, read_audio
 from .engines import DEFAULT_MODEL, EngineManager, StepCallback, family_for
 from .errors import Cancelled, InputError
 from .files import staged
 from .remote import fetched_source
 from .requests import (BaseRequest, EditRequest, GenerateRequest, InpaintRequest, OutpaintRequest,
-                       SourceRequest, WholeTrackRequest, derive_retake_seed, parse_request,
-                       resolve_range, resolve_seed)
+                       PromptToAudioRequest, Request, SourceRequest, WholeTrackRequest,
+                       derive_retake_seed, parse_request, resolve_range, resolve_seed)
 
 APP_NAME = "ace_step_ui"
+PLANNING, DIFFUSION = "planning", "diffusion"  # what `on_step` counts: LM tokens, or steps
 LATENTS_SUFFIX = ".latents.safetensors"
 
 
@@ -52,7 +54,7 @@ def work_dir() -> Path:
     return folder
 
 
-def check(task: str, payload: Mapping[str, Any], model: str) -> BaseRequest:
+def check(task: str, payload: Mapping[str, Any], model: str) -> Request:
     """Step 1 alone: the validated request, refused before any file is read or model loaded."""
     request = parse_request(task, payload)
     family_for(model).check_request(model, request)
@@ -62,15 +64,17 @@ def check(task: str, payload: Mapping[str, Any], model: str) -> BaseRequest:
 def run(task: str, payload: Mapping[str, Any], manager: EngineManager, model: str,
         on_step: StepCallback | None = None, owner: str = "", need_latents: bool = False,
         stop: threading.Event | None = None, on_wait: Callable[[int], None] | None = None,
-        number: int | None = None) -> Result:
+        number: int | None = None, on_phase: Callable[[str], None] | None = None) -> Result:
     """Run `task` on `model`; `need_latents` refuses, before any work, a model that returns none.
 
     The job belongs to `owner` (see `EngineManager.cancel`) and ends at its next step once `stop`
     is set; `on_wait(jobs_ahead)` reports while it waits for the model's slot, where it keeps the
-    place `number` (from `manager.slot.number()`, taken when it was submitted).
+    place `number` (from `manager.slot.number()`, taken when it was submitted). `on_phase(name)`
+    says what the steps `on_step` counts next are: PLANNING (LM tokens) or DIFFUSION.
     """
     request = check(task, payload, model)
     family = family_for(model)
+    thinks = getattr(request, "thinking", False) and "thinking" in family.honoured(model, task)
     if need_latents and not family.returns_latents:
         raise no_latents_error(model)
     with manager.job(owner, stop) as stop, ExitStack() as downloads:
@@ -103,11 +107,27 @@ def run(task: str, payload: Mapping[str, Any], manager: EngineManager, model: st
             if stop.is_set():
                 raise Cancelled("stopped by the user before it started")
             started = time.perf_counter()
+            step = manager.step_callback(on_step, stop)
+            moves = len(manager.moves)
+            song, plans, codes = request, {}, ""
+            if isinstance(request, PromptToAudioRequest) or thinks:
+                _phase(on_phase, PLANNING)
+                planner = manager.planner()
+                if isinstance(song, PromptToAudioRequest):
+                    song, plan = planning.write(planner, song, seed, step)
+                    plans["written"] = planning.describe_plan(plan)
+                if thinks:
+                    assert isinstance(song, GenerateRequest)
+                    song, plan = planning.think(planner, song, seed, step)
+                    plans["thought"] = planning.describe_plan(plan)
+                    codes = plan.audio_codes
+            planned = time.perf_counter()
             engine = manager.get(model)
             loaded = time.perf_counter()
-            step = manager.step_callback(on_step, stop)
-            if isinstance(request, GenerateRequest):
-                output = engine.generate(request, seed, retake_seed, step, reference=reference)
+            _phase(on_phase, DIFFUSION)
+            if isinstance(song, GenerateRequest):
+                output = engine.generate(song, seed, retake_seed, step, reference=reference,
+                                         **({"audio_codes": codes} if codes else {}))
             elif isinstance(request, InpaintRequest):
                 assert source is not None and edit_range is not None
                 output = edits.inpaint(engine, request, source, *edit_range, seed, retake_seed, step)
@@ -121,11 +141,14 @@ def run(task: str, payload: Mapping[str, Any], manager: EngineManager, model: st
 
     honoured = engine.honoured(task) - output.unused
     sent = request.to_dict()
+    assert isinstance(song, BaseRequest)
     params = {
         "task": task,
         "model": model,
-        "tags": request.tags,
-        "lyrics": request.lyrics,
+        **({"prompt": request.prompt, "instrumental": request.instrumental}
+           if isinstance(request, PromptToAudioRequest) else {}),
+        "tags": song.tags,  # the sung ones: the planner's where it wrote or thought them
+        "lyrics": song.lyrics,
         "seed": seed,
         **({"retake_seed": retake_seed} if "retake_seed" in honoured else {}),
         **({"original_seed": request.original_seed}
@@ -136,12 +159,22 @@ def run(task: str, payload: Mapping[str, Any], manager: EngineManager, model: st
         # where the hosted defaults of the rest would override the model's own presets.
         "request": {name: sent[name] for name in sent if name in request.explicit},
         **source_info,
+        **({"planner": {"model": manager.planner_model, **plans},
+            # the plain generate request that sings this song again, and can be edited
+            "generate_request": planning.replay_request(song, seed)} if plans else {}),
+        **({"memory": manager.moves[moves:]} if manager.moves[moves:] else {}),
         "sample_rate": output.audio.sample_rate,
         "channels": output.audio.channels,
         "duration_s": round(output.audio.duration_s, 6),
-        "timings_s": {"load": round(loaded - started, 3), "run": round(finished - loaded, 3)},
+        "timings_s": {**({"plan": round(planned - started, 3)} if plans else {}),
+                      "load": round(loaded - planned, 3), "run": round(finished - loaded, 3)},
     }
     return Result(output.audio, seed, params, output.latents)
+
+
+def _phase(report: Callable[[str], None] | None, name: str) -> None:
+    if report is not None:
+        report(name)
 
 
 def fit_defaults(request: InpaintRequest, source_seconds: float

@@ -1,4 +1,5 @@
-"""The Gradio Blocks: tabs Generate, Inpaint, Outpaint and Edit over `tasks.run`, one GPU slot.
+"""The Gradio Blocks: a tab per task (Generate, Prompt to audio, Inpaint, Outpaint, Edit, Cover,
+Stems) over `tasks.run`, one GPU slot.
 
 Every parameter's component is built from `requests.schema(task)`, and each tab's event handler
 takes the hosted APIs' parameter names (plus `model` and `format`), so the named endpoints
@@ -52,6 +53,8 @@ DESCRIPTIONS = {
     "lego": "Make a new track (drums, bass, ...) that fits the mix it hears; the result is that "
             "track.",
     "complete": "Fill a partial track (vocals alone, say) in to a full arrangement.",
+    "prompt_to_audio": "Describe a song in your words: the planner (ACE-Step 1.5's 5 Hz LM) writes "
+                       "its tags, lyrics and metadata, and the selected model sings them.",
 }
 STEMS_NOTE = ("Stems run on an ACE-Step 1.5 base model (e.g. ACE-Step/acestep-v15-xl-base-diffusers); "
               "upstream does not train the turbo models for them. The whole track is processed, up "
@@ -85,8 +88,17 @@ LABELS = {"tags": "Tags", "lyrics": "Lyrics", "seed": "Seed", "duration": "Durat
           "use_erg_lyric": "ERG on the lyrics", "use_erg_diffusion": "ERG in the diffusion",
           "oss_steps": "OSS steps", "lora": "LoRA", "lora_scale": "LoRA scale",
           "audio_cover_strength": "Cover strength", "track_name": "Track",
-          "track_classes": "Tracks to add"}
+          "track_classes": "Tracks to add", "prompt": "Prompt", "instrumental": "Instrumental",
+          "bpm": "BPM", "keyscale": "Key", "timesignature": "Time signature",
+          "vocal_language": "Vocal language", "thinking": "Thinking (5 Hz LM audio codes)"}
+# Time signatures by beats per bar, as ACE-Step 1.5 takes them; 0 leaves it to the model.
+TIME_SIGNATURE_CHOICES = [("not given", 0), ("2/4", 2), ("3/4", 3), ("4/4", 4), ("6/8", 6)]
+PLANNER_NOTE = ("The planner loads on the first run (upstream's 1.7B LM by default; the server's "
+                "`--planner` option chooses another). Same seed, same song: the params hold the "
+                "written tags, lyrics and metadata, and **Open in Generate** fills them in to "
+                "replay or change the song.")
 EDIT_LABELS = {"tags": "New tags", "lyrics": "New lyrics"}
+RUN_LABELS = {"prompt_to_audio": "Write and generate"}
 EDIT_LYRICS_HINT = LYRICS_HINT.replace("leave blank to let the model decide",
                                        "leave blank to keep the original lyrics")
 
@@ -155,6 +167,8 @@ def _component(task: str, name: str, spec: dict[str, Any], **overrides: Any) -> 
                         buttons=["download"], **common)
     if spec["choices"]:
         return gr.Radio(list(spec["choices"]), value=default, **common)
+    if name == "timesignature":
+        return gr.Dropdown(TIME_SIGNATURE_CHOICES, value=default, **common)
     if spec["type"] == "bool":
         return gr.Checkbox(value=default, **common)
     if spec["type"] == "int_list":
@@ -329,14 +343,22 @@ def _gpu_runner(manager: EngineManager) -> Callable[..., tuple[str, int, dict[st
     def run_on_gpu(task: str, payload: dict[str, Any], model: str, fmt: str, owner: str,
                    progress: gr.Progress, stop: threading.Event, number: int
                    ) -> tuple[str, int, dict[str, Any]]:
+        phase = [tasks.DIFFUSION]
+
         def on_step(step: int, total: int) -> None:
-            progress((step, total), desc="diffusion step")
+            what = "planner token" if phase[0] == tasks.PLANNING else "diffusion step"
+            progress((step, total), desc=what)
 
         def on_wait(ahead: int) -> None:
             progress(None, desc=f"waiting for the model: {ahead} job{'s' * (ahead != 1)} ahead")
 
+        def on_phase(name: str) -> None:
+            phase[0] = name
+            if name == tasks.PLANNING:
+                progress(None, desc="loading the planner")
+
         result = tasks.run(task, payload, manager, model, on_step, owner, stop=stop,
-                           on_wait=on_wait, number=number)
+                           on_wait=on_wait, number=number, on_phase=on_phase)
         path = tasks.save_result(result, _output_folder(), fmt)
         return str(path), result.seed, result.params
 
@@ -449,9 +471,14 @@ class _Tab:
 
     def buttons(self) -> None:
         with gr.Row():
-            self.run = gr.Button(self.task.capitalize(), variant="primary", scale=3,
+            self.run = gr.Button(RUN_LABELS.get(self.task, self.task.capitalize()),
+                                 variant="primary", scale=3,
                                  elem_id=f"{self.task}-run")
             self.stop = gr.Button("Stop", variant="stop", scale=1, elem_id=f"{self.task}-stop")
+
+    def song(self) -> list[gr.Component]:
+        """The components that hold the result's tags and lyrics (what "send to" passes on)."""
+        return [self.inputs["tags"], self.inputs["lyrics"]]
 
     def outputs(self) -> None:
         self.result = gr.Audio(label="Result", type="filepath", interactive=False,
@@ -461,6 +488,7 @@ class _Tab:
                                        elem_id=f"{self.task}-seed-used", scale=4)
             self.reuse = gr.Button("Reuse seed", scale=0, min_width=110, size="sm",
                                    elem_id=f"{self.task}-reuse-seed")
+        self.written_outputs()
         with gr.Row():
             self.to_inpaint = gr.Button("Edit in Inpaint", size="sm",
                                         elem_id=f"{self.task}-to-inpaint")
@@ -470,8 +498,62 @@ class _Tab:
         self.params = gr.JSON(label="Params", height=360, elem_id=f"{self.task}-params")
         self.reuse.click(lambda seed: seed, self.seed_used, self.inputs["seed"], **UI_EVENT)
 
+    def written_outputs(self) -> None:
+        """Where a tab shows what the planner wrote (prompt-to-audio only)."""
+
     def ordered_inputs(self) -> list[gr.Component]:
         return [self.inputs[name] for name in self.spec]
+
+
+class _PromptTab(_Tab):
+    """Prompt-to-audio: the song's tags and lyrics are the planner's, shown with the result."""
+
+    def song(self) -> list[gr.Component]:
+        return [self.written_tags, self.written_lyrics]
+
+    def written_outputs(self) -> None:
+        self.written_tags = gr.Textbox(label="Written tags", interactive=False, lines=2,
+                                       elem_id="prompt_to_audio-written-tags")
+        self.written_lyrics = gr.Textbox(label="Written lyrics", interactive=False, lines=6,
+                                         elem_id="prompt_to_audio-written-lyrics")
+        self.to_generate = gr.Button("Open in Generate", size="sm",
+                                     elem_id="prompt_to_audio-to-generate")
+
+    def layout(self, model: str) -> None:
+        gr.Markdown(DESCRIPTIONS[self.task] + " " + PLANNER_NOTE)
+        with gr.Row():
+            with gr.Column(scale=3):
+                self.add("prompt", lines=3, placeholder="e.g. a melancholic synth-pop song about "
+                                                        "driving home at night")
+                with gr.Row():
+                    self.add("instrumental", scale=1)
+                    self.add("duration", scale=3)
+                self.seed_field()
+                self.advanced(model)
+                self.buttons()
+            with gr.Column(scale=2):
+                self.outputs()
+
+
+# What "Open in Generate" fills: the generate request's fields that a plan sets.
+REPLAYED = ("tags", "lyrics", "duration", "seed", "bpm", "keyscale", "timesignature",
+            "vocal_language", "thinking")
+
+
+def _open_in_generate(params: dict[str, Any] | None) -> tuple[Any, ...]:
+    """The written song, as a generate request, in the Generate tab (which opens)."""
+    replay = (params or {}).get("generate_request")
+    if not replay:
+        raise gr.Error("there is no written song yet: run Prompt to audio first",
+                       print_exception=False)
+    defaults = schema("generate")
+    return (*[replay.get(name, defaults[name]["default"]) for name in REPLAYED],
+            gr.Tabs(selected="generate"))
+
+
+def _written(params: dict[str, Any] | None) -> tuple[str, str]:
+    params = params or {}
+    return params.get("tags", ""), params.get("lyrics", "")
 
 
 def build_app(manager: EngineManager, default_model: str, models: list[str],
@@ -483,10 +565,12 @@ def build_app(manager: EngineManager, default_model: str, models: list[str],
     """
     choices = list(dict.fromkeys([default_model, *models]))
     jobs = _Jobs(manager, RemoteAccess(tuple(choices), tuple(allowed_folders)))
-    tabs: dict[str, _Tab] = {task: _Tab(task) for task in TASKS}
+    tabs: dict[str, _Tab] = {task: _PromptTab(task) if task == "prompt_to_audio" else _Tab(task)
+                             for task in TASKS}
 
     with gr.Blocks(title="ACE-Step Playground", delete_cache=(OUTPUT_TTL_S, OUTPUT_TTL_S)) as demo:
-        gr.Markdown("# ACE-Step Playground\nGenerate a song from tags and lyrics, regenerate part "
+        gr.Markdown("# ACE-Step Playground\nGenerate a song from tags and lyrics (or from a "
+                    "prompt), regenerate part "
                     "of a track (Inpaint), extend it (Outpaint), remix it (Edit), sing it anew "
                     "(Cover) or work on its tracks (Stems) with ACE-Step.")
         with gr.Row():
@@ -512,6 +596,11 @@ def build_app(manager: EngineManager, default_model: str, models: list[str],
                                 [tab.inputs["tags"], tab.inputs["lyrics"], tab.inputs["duration"]],
                                 example_labels=[p["name"] for p in presets], cache_examples=False,
                                 preload=False, api_visibility="private", label="Presets")
+
+            with gr.Tab("Prompt to audio", id="prompt_to_audio"):
+                prompt_tab = tabs["prompt_to_audio"]
+                assert isinstance(prompt_tab, _PromptTab)
+                prompt_tab.layout(default_model)
 
             with gr.Tab("Inpaint", id="inpaint"):
                 tab = tabs["inpaint"]
@@ -574,18 +663,24 @@ def build_app(manager: EngineManager, default_model: str, models: list[str],
             outputs = [tab.result, tab.seed_used, tab.params]
             # concurrency_limit=None: jobs wait for the model in `EngineManager.slot`, after their
             # checks and reads, so a bad request is refused at once and a cancel frees the slot.
-            tab.run.click(_endpoint(task, jobs, from_api=False),
-                          [*tab.ordered_inputs(), model, fmt], outputs, api_name=f"{task}_form",
-                          api_visibility="private",
-                          preprocess=False, concurrency_limit=None, show_progress_on=tab.result)
+            ran = tab.run.click(_endpoint(task, jobs, from_api=False),
+                                [*tab.ordered_inputs(), model, fmt], outputs,
+                                api_name=f"{task}_form", api_visibility="private",
+                                preprocess=False, concurrency_limit=None,
+                                show_progress_on=tab.result)
+            if isinstance(tab, _PromptTab):
+                ran.success(_written, tab.params, tab.song(), **UI_EVENT)
             with gr.Column(visible=False):
                 gr.on([], _endpoint(task, jobs, from_api=True), _api_inputs(task), outputs,
                       api_name=task, concurrency_limit=None, show_progress="hidden")
             for button, target in ((tab.to_inpaint, "inpaint"), (tab.to_outpaint, "outpaint"),
                                    (tab.to_edit, "edit")):
-                button.click(_send_to(target),
-                             [tab.result, tab.inputs["tags"], tab.inputs["lyrics"]],
+                button.click(_send_to(target), [tab.result, *tab.song()],
                              [*_send_targets(tabs[target]), tab_group], **UI_EVENT)
+        generate = tabs["generate"]
+        prompt_tab.to_generate.click(_open_in_generate, prompt_tab.params,
+                                     [*[generate.inputs[name] for name in REPLAYED], tab_group],
+                                     **UI_EVENT)
         gr.on([tab.stop.click for tab in tabs.values()], _stopper(manager), None, None,
               api_name="stop", **QUICK_EVENT)
         demo.unload(_stopper(manager, quiet=True))  # a closed tab's jobs end at their next step

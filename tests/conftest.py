@@ -36,6 +36,14 @@ def tiny_v15_base(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_planner(tmp_path_factory) -> Path:
+    """A tiny random-weight 5 Hz LM (ACE-Step 1.5's planner) in the transformers layout."""
+    from ace_step_ui.v15.planner import make_tiny_planner
+
+    return make_tiny_planner(tmp_path_factory.mktemp("tiny-planner"))
+
+
+@pytest.fixture(scope="session")
 def v1_fixture_root(tmp_path_factory) -> Path:
     """The v1 parity fixture's tiny checkpoint, materialised: ROOT/checkpoint and ROOT/lora."""
     from v1_fixture import materialise
@@ -111,13 +119,13 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def serve(model: Path, allowed_folders: tuple[Path, ...] = ()):
+def serve(model: Path, allowed_folders: tuple[Path, ...] = (), planner: Path | None = None):
     """The app with `model` as the default, launched on a free loopback port; visitors may name
-    files in `allowed_folders` (the operator's --allow-path)."""
+    files in `allowed_folders` (the operator's --allow-path); `planner` is its --planner."""
     from ace_step_ui.engines import EngineManager, known_models
     from ace_step_ui.ui import build_app, launch_options
 
-    manager = EngineManager(device="cpu")
+    manager = EngineManager(device="cpu", planner=str(planner or ""))
     demo = build_app(manager, str(model), known_models(), allowed_folders)
     _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1",
                             server_port=free_port(), quiet=True, **launch_options())
@@ -128,13 +136,13 @@ def serve(model: Path, allowed_folders: tuple[Path, ...] = ()):
 
 
 @pytest.fixture(scope="module")
-def served(tiny_v15):
-    """The app on the tiny 1.5 checkpoint, for one test module."""
-    yield from serve(tiny_v15)
+def served(tiny_v15, tiny_planner):
+    """The app on the tiny 1.5 checkpoint (and the tiny planner), for one test module."""
+    yield from serve(tiny_v15, planner=tiny_planner)
 
 
 @pytest.fixture(scope="module")
-def served_v1(tiny_v1):
+def served_v1(tiny_v1, tiny_planner):
     """The app on the tiny ACE-Step v1 checkpoint, for one test module; the fixture's LoRA folder
     beside it is an allowed path."""
-    yield from serve(tiny_v1, (tiny_v1.parent / "lora",))
+    yield from serve(tiny_v1, (tiny_v1.parent / "lora",), tiny_planner)

@@ -347,8 +347,8 @@ def engines() -> dict[tuple[str, str], EngineManager]:
 def in_process(engines, tmp_path, monkeypatch):
     """cli.main with one engine manager for the module, downloads in a folder of this test, and a
     connection to anything but loopback failing the test before a packet is sent."""
-    monkeypatch.setattr(cli, "EngineManager", lambda device, dtype: engines.setdefault(
-        (device, dtype), EngineManager(device, dtype)))
+    monkeypatch.setattr(cli, "EngineManager", lambda device, dtype, planner: engines.setdefault(
+        (device, dtype, planner), EngineManager(device, dtype, planner)))
     work = tmp_path / "work"
     work.mkdir()
     monkeypatch.setattr(tasks, "work_dir", lambda: work)

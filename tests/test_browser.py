@@ -293,3 +293,46 @@ def test_the_same_request_gives_the_same_audio_on_every_surface(page, served, tm
         samples, other_rate = soundfile.read(str(other), dtype="float32")
         assert other_rate == rate and samples.shape == reference.shape
         assert samples.tobytes() == reference.tobytes()
+
+
+def test_fals_prompt_to_audio_example_on_every_surface(page, served, tmp_path, capsys):
+    """fal's prompt-to-audio request (examples/prompt_to_audio.json) through the CLI, the Gradio API
+    and the page: the same written song, and Open in Generate fills it in to replay."""
+    from pathlib import Path
+
+    from gradio_client import Client
+
+    from ace_step_ui import cli
+    from ace_step_ui.audio import read_metadata
+
+    example_path = Path(__file__).resolve().parent.parent / "examples" / "prompt_to_audio.json"
+    example = json.loads(example_path.read_text())
+    assert cli.main(["run", "prompt-to-audio", "--input", f"@{example_path}", "--output-dir",
+                     str(tmp_path), "--model", served.model, "--planner",
+                     served.manager.planner_model]) == 0
+    from_cli = read_metadata(capsys.readouterr().out.strip())["params"]
+    _, _, from_api = Client(served.url, verbose=False).predict(api_name="/prompt_to_audio",
+                                                               **example)
+    assert from_api["request"] == from_cli["request"] == example
+    assert (from_api["tags"], from_api["lyrics"]) == (from_cli["tags"], from_cli["lyrics"])
+
+    page.get_by_role("tab", name="Prompt to audio").click()
+    fill_text(page, "prompt_to_audio-prompt", example["prompt"])
+    fill_number(page, "prompt_to_audio-duration", example["duration"])
+    fill_number(page, "prompt_to_audio-seed", example["seed"])
+    assert run_and_check_result(page, "prompt_to_audio") == example["seed"]
+    # The same seed writes the same song (the page leaves the model's own step preset).
+    expect(page.locator("#prompt_to_audio-written-tags textarea")).to_have_value(from_cli["tags"])
+    expect(page.locator("#prompt_to_audio-written-lyrics textarea")).to_have_value(
+        from_cli["lyrics"])
+    expect(page.locator("#prompt_to_audio-params")).to_contain_text("generate_request")
+    page.screenshot(path=tmp_path / "prompt_to_audio.png", full_page=True)
+
+    page.locator("#prompt_to_audio-to-generate").click()
+    expect(page.get_by_role("tab", name="Generate", exact=True)).to_have_attribute(
+        "aria-selected", "true")
+    expect(page.locator("#generate-tags textarea")).to_have_value(from_cli["tags"])
+    expect(page.locator("#generate-lyrics textarea")).to_have_value(from_cli["lyrics"])
+    expect(page.locator("#generate-seed input[type=number]")).to_have_value(str(example["seed"]))
+    expect(page.locator("#generate-duration input[type=number]")).to_have_value(
+        str(example["duration"]))

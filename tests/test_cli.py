@@ -129,8 +129,8 @@ def engines():
 def one_load_per_model(engines, monkeypatch):
     """In-process runs share an EngineManager, so each model loads once per module."""
     monkeypatch.setattr(cli_module, "EngineManager",
-                        lambda device, dtype: engines.setdefault((device, dtype),
-                                                                 EngineManager(device, dtype)))
+                        lambda device, dtype, planner: engines.setdefault(
+                            (device, dtype, planner), EngineManager(device, dtype, planner)))
 
 
 def run_in_process(capsys, *args) -> tuple[int, list[str], list[str]]:

@@ -7,7 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ace_step_ui.errors import InputError
-from ace_step_ui.requests import (ALIASES, MAX_TEXT_CHARS, SEED_MAX, TASKS, TRACKS, EditRequest,
+from ace_step_ui.requests import (ALIASES, MAX_TEXT_CHARS, SEED_MAX, TASKS, TIME_SIGNATURES, TRACKS,
+                                  EditRequest,
                                   InpaintRequest, derive_retake_seed, is_default, parse_request,
                                   resolve_range, resolve_seed, schema)
 
@@ -17,7 +18,13 @@ REQUIRED = {"generate": {"tags": "lofi"}, "inpaint": {"tags": "lofi", "audio": "
             "cover": {"tags": "lofi", "audio": "song.wav"},
             "extract": {"tags": "lofi", "audio": "song.wav"},
             "lego": {"tags": "lofi", "audio": "song.wav"},
-            "complete": {"tags": "lofi", "audio": "song.wav"}}
+            "complete": {"tags": "lofi", "audio": "song.wav"},
+            "prompt_to_audio": {"prompt": "a song about rain"}}
+# ACE-Step 1.5's metadata: valid values only (0 and "" are "not given").
+METADATA_VALUES = {"bpm": st.sampled_from([0, 30, 120, 300]),
+                   "keyscale": st.sampled_from(["", "C major", "F# minor", "Bb major", "e♭ minor"]),
+                   "timesignature": st.sampled_from([0, *TIME_SIGNATURES]),
+                   "vocal_language": st.sampled_from(["", "en", "ZH", "yue"])}
 
 
 def valid_value(spec):
@@ -42,7 +49,8 @@ def valid_payloads(draw, task):
     names = draw(st.sets(st.sampled_from(sorted(fields))))
     payload = dict(REQUIRED[task])
     for name in names:
-        payload[name] = draw(valid_value(fields[name]))
+        payload[name] = draw(METADATA_VALUES[name] if name in METADATA_VALUES
+                             else valid_value(fields[name]))
     if task == "outpaint" and payload.get("extend_before_duration", 0) <= 0:
         payload["extend_after_duration"] = draw(st.floats(0.5, 240))
     if task == "inpaint":  # keep the range at least 1 s long whatever the anchors
@@ -116,7 +124,8 @@ def test_any_input_is_a_request_or_an_input_error_with_a_short_message(case):
     except InputError as error:
         assert str(error).strip() and len(str(error)) < 1000
     else:
-        accepted = [request.tags, request.lyrics, getattr(request, "original_lyrics", "")]
+        accepted = [getattr(request, name, "") for name in ("tags", "lyrics", "original_lyrics",
+                                                             "prompt")]
         assert all(len(text) <= MAX_TEXT_CHARS for text in accepted)
 
 
@@ -136,6 +145,40 @@ def test_any_input_is_a_request_or_an_input_error_with_a_short_message(case):
 def test_generate_rejections_say_what_to_change(payload, message):
     with pytest.raises(InputError, match=message.replace("(", r"\(").replace(".", r"\.")):
         parse_request("generate", payload)
+
+
+@pytest.mark.parametrize("payload, message", [
+    ({"bpm": 20}, "'bpm' must be 0 (not given) or from 30 to 300, not 20"),
+    ({"bpm": 301}, "'bpm' must be between 0 and 300, not 301"),
+    ({"keyscale": "H major"}, "'keyscale' must be a note and a mode, like 'C major' or 'F# minor', "
+                              "not 'H major'"),
+    ({"timesignature": 5}, "'timesignature' must be 0 (not given) or 2, 3, 4 or 6 beats per bar, "
+                           "not 5"),
+    ({"vocal_language": "english"}, "'vocal_language' must be a language code the model knows"),
+])
+def test_song_metadata_rejections_say_what_to_change(payload, message):
+    with pytest.raises(InputError, match=re.escape(message)):
+        parse_request("generate", {"tags": "x", **payload})
+
+
+def test_prompt_to_audio_takes_fals_schema_and_no_tags():
+    """fal's ACEStepPromptToAudioRequest: prompt (required), instrumental, duration (default 60),
+    the steps, seed and guidance set; tags and lyrics are the planner's to write."""
+    fal_names = {"prompt", "instrumental", "duration", "number_of_steps", "seed", "scheduler",
+                 "guidance_type", "granularity_scale", "guidance_interval",
+                 "guidance_interval_decay", "guidance_scale", "minimum_guidance_scale",
+                 "tag_guidance_scale", "lyric_guidance_scale"}
+    fields = schema("prompt_to_audio")
+    assert fal_names <= set(fields)
+    assert list(fields)[:3] == ["prompt", "instrumental", "duration"]
+    assert fields["duration"]["default"] == 60.0 and fields["instrumental"]["default"] is False
+    assert fields["number_of_steps"]["default"] == 27 and fields["guidance_scale"]["default"] == 15
+    request = parse_request("prompt_to_audio", {"prompt": "rain", "instrumental": True})
+    assert (request.prompt, request.instrumental, request.duration) == ("rain", True, 60.0)
+    with pytest.raises(InputError, match="'prompt' is required for prompt_to_audio"):
+        parse_request("prompt_to_audio", {"prompt": "  "})
+    with pytest.raises(InputError, match="unknown parameter 'tags' for prompt_to_audio"):
+        parse_request("prompt_to_audio", {"prompt": "rain", "tags": "lofi"})
 
 
 @pytest.mark.parametrize("raw", [12, 12.0, "12", " 12 ", "1.2e1"])

@@ -35,7 +35,7 @@ def test_named_endpoints_take_the_hosted_parameter_names(client):
     endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
     assert set(endpoints) == {f"/{task}" for task in TASKS} | {"/stop"}
     assert set(TASKS) == {"generate", "inpaint", "outpaint", "edit", "cover", "extract", "lego",
-                          "complete"}
+                          "complete", "prompt_to_audio"}
     for task in TASKS:
         info = endpoints[f"/{task}"]
         names = [p["parameter_name"] for p in info["parameters"]]
@@ -136,6 +136,26 @@ def test_cover_keeps_the_sources_length_rate_and_channels(client, sine_wav):
     assert params["ignored_params"] == []
 
 
+def test_prompt_to_audio_returns_the_written_song(client):
+    path, seed, params = client.predict(prompt="a song about the sea", duration=2, seed=11,
+                                        api_name="/prompt_to_audio", **FAST)
+    assert seed == 11 and read(path).duration == 2
+    assert params["task"] == "prompt_to_audio" and params["prompt"] == "a song about the sea"
+    written = params["planner"]["written"]
+    assert (params["tags"], params["lyrics"]) == (written["tags"], written["lyrics"])
+    assert params["generate_request"]["seed"] == 11
+    assert params["generate_request"]["tags"] == written["tags"]
+
+
+@pytest.mark.parametrize("values, message", [
+    ({}, "'prompt' is required for prompt_to_audio"),
+    ({"prompt": "x", "thinking": True, "duration": 5}, "thinking plans songs of 10 s or more"),
+])
+def test_prompt_to_audio_refusals_say_what_to_change(client, values, message):
+    with pytest.raises(AppError, match=re.escape(message)):
+        client.predict(api_name="/prompt_to_audio", **values)
+
+
 def test_stems_on_a_turbo_model_name_the_base_model(client, sine_wav):
     with pytest.raises(AppError, match="extract runs on an ACE-Step 1.5 base model"):
         client.predict(audio=handle_file(str(sine_wav)), tags="pop", track_name="drums",
@@ -234,10 +254,15 @@ def test_advanced_shows_what_the_model_honours(tiny_v15, tiny_v15_base):
     assert {"use_erg_tag", "use_erg_lyric", "use_erg_diffusion", "oss_steps", "lora", "lora_scale",
             "variance", "reference_audio", "audio2audio_strength", "scheduler"} <= set(v1)
     lora = ["lora", "lora_scale"]
-    assert visible_advanced(str(tiny_v15), "generate") == ["number_of_steps", *lora]
+    song = ["bpm", "keyscale", "timesignature", "vocal_language", "thinking"]  # 1.5's own
+    assert not set(song) & set(v1)
+    assert visible_advanced(str(tiny_v15), "generate") == ["number_of_steps", *lora, *song]
+    assert visible_advanced(str(tiny_v15), "prompt_to_audio") == ["thinking", "number_of_steps",
+                                                                  *lora]
+    assert "thinking" not in visible_advanced("ACE-Step/ACE-Step-v1-3.5B", "prompt_to_audio")
     assert visible_advanced(str(tiny_v15), "inpaint") == ["retake_seed", "number_of_steps", *lora,
                                                           "context_duration", "crossfade_duration"]
-    guided = ["number_of_steps", "guidance_interval", "guidance_scale", *lora]
+    guided = ["number_of_steps", "guidance_interval", "guidance_scale", *lora, *song]
     assert visible_advanced(str(tiny_v15_base), "generate") == guided
     assert visible_advanced("ACE-Step/acestep-v15-xl-base-diffusers", "generate") == guided
     assert visible_advanced("ACE-Step/acestep-v15-xl-turbo-diffusers", "outpaint") == [

@@ -24,7 +24,7 @@ from ..edits import fit_end, to_source
 from ..engines import (V15_MODEL, EngineOutput, Family, StepCallback, pick_device, pick_dtype,
                        register)
 from ..errors import InputError
-from ..requests import (BaseRequest, CompleteRequest, CoverRequest, ExtractRequest, GenerateRequest,
+from ..requests import (CompleteRequest, CoverRequest, ExtractRequest, GenerateRequest, Request,
                         LegoRequest)
 from . import checkpoint
 from .autoencoder import LATENT_FRAMES_PER_SECOND
@@ -45,6 +45,9 @@ TASK_PARAMS = {
                                     "context_duration", "crossfade_duration"},
     "outpaint": COMMON | SAMPLING | {"audio", "extend_before_duration", "extend_after_duration",
                                      "retake_seed", "context_duration"},
+    # The planner writes the song; v1 sings it as a generate.
+    "prompt_to_audio": (COMMON - {"tags", "lyrics"}) | SAMPLING | {"prompt", "instrumental",
+                                                                   "duration"},
     # FlowEdit always runs the Euler schedule with APG and no ERG or guidance interval; the
     # scheduler only chooses between the ODE and pingpong updates.
     "edit": COMMON | {"audio", "edit_mode", "original_tags", "original_lyrics", "retake_seed",
@@ -56,7 +59,7 @@ def honoured(model: str, task: str) -> frozenset[str]:
     return TASK_PARAMS.get(task, frozenset())
 
 
-def check_request(model: str, request: BaseRequest) -> None:
+def check_request(model: str, request: Request) -> None:
     """Refuse what v1 cannot run, before any audio is read or the model loaded."""
     if isinstance(request, (CoverRequest, ExtractRequest, LegoRequest, CompleteRequest)):
         raise InputError(f"{request.task} is an ACE-Step 1.5 task: choose an ACE-Step 1.5 model such "

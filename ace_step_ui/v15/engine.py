@@ -1,5 +1,5 @@
-"""ACE-Step 1.5 on diffusers' `AceStepPipeline`: generate, cover, and the windows of inpaint and
-outpaint.
+"""ACE-Step 1.5 on diffusers' `AceStepPipeline`: generate (with the song's metadata, and with the
+planner's audio codes when thinking), cover, the stems, and the windows of inpaint and outpaint.
 
 diffusers regenerates the whole clip when it repaints and has no extend (see
 ../shared/reference/ace_step_15_diffusers.md §1.4); edits.py cuts the window, this engine runs it:
@@ -31,9 +31,10 @@ from ..engines import (DEFAULT_MODEL, V15_MODEL, EngineOutput, Family, StepCallb
                        pick_dtype,
                        read_json, register)
 from ..errors import InputError
+from .planner import AUDIO_CODE
 from ..hub import download, local_checkpoint, lora_file, require_files
-from ..requests import (BaseRequest, CompleteRequest, CoverRequest, EditRequest, ExtractRequest,
-                        GenerateRequest, InpaintRequest, LegoRequest, OutpaintRequest,
+from ..requests import (CompleteRequest, CoverRequest, EditRequest, ExtractRequest,
+                        GenerateRequest, InpaintRequest, LegoRequest, OutpaintRequest, Request,
                         is_instrumental)
 
 BASE_MODEL = "ACE-Step/acestep-v15-xl-base-diffusers"
@@ -44,8 +45,10 @@ COMMON = frozenset({"tags", "lyrics", "seed", "number_of_steps", "lora", "lora_s
 # diffusers' own file name, and peft's, which upstream 1.5's LoRA training writes (diffusers converts it).
 LORA_FILES = ("pytorch_lora_weights.safetensors", "adapter_model.safetensors")
 GUIDED = frozenset({"guidance_scale", "guidance_interval"})  # base only: turbo is distilled
+METADATA = frozenset({"bpm", "keyscale", "timesignature", "vocal_language"})
 TASK_PARAMS = {
-    "generate": frozenset({"duration"}),
+    "generate": frozenset({"duration", "thinking"}) | METADATA,
+    "prompt_to_audio": frozenset({"prompt", "instrumental", "duration", "thinking"}),
     "inpaint": frozenset({"audio", "start_time", "start_time_relative_to", "end_time",
                           "end_time_relative_to", "variance", "retake_seed", "context_duration",
                           "crossfade_duration"}),
@@ -57,6 +60,7 @@ TASK_PARAMS = {
     "complete": frozenset({"audio", "track_classes"}),
 }
 BASE_TASKS = ("extract", "lego", "complete")  # upstream trains only the base models for these
+MIN_THINKING_S = 10.0  # the 5 Hz LM plans 10 to 600 s (upstream's DURATION_MIN)
 
 
 @dataclass(frozen=True)
@@ -133,12 +137,17 @@ def honoured(variant: str, task: str) -> frozenset[str]:
     return COMMON | (GUIDED if variant == "base" else frozenset()) | TASK_PARAMS[task]
 
 
-def check_request(model: str, request: BaseRequest) -> None:
+def check_request(model: str, request: Request) -> None:
     """Refuse what only ACE-Step v1 can do, before the source is read or the model loaded."""
     if isinstance(request, EditRequest):
         raise _needs_v1("edit (audio-to-audio)")
     if isinstance(request, GenerateRequest) and request.reference_audio:
         raise _needs_v1("audio-to-audio from a reference_audio", "or clear reference_audio")
+    thinking = getattr(request, "thinking", False)
+    if thinking and request.duration < MIN_THINKING_S:
+        raise InputError(f"thinking plans songs of {MIN_THINKING_S:g} s or more (the 5 Hz LM's "
+                         f"shortest); set duration to at least {MIN_THINKING_S:g} or turn "
+                         f"thinking off")
     if request.task in BASE_TASKS and variant_of(model) != "base":
         raise InputError(f"{request.task} runs on an ACE-Step 1.5 base model such as {BASE_MODEL}; "
                          f"upstream does not train the turbo models for it")
@@ -193,18 +202,30 @@ class AceStep15Engine:
         return honoured(self.variant, task)
 
     def generate(self, request: GenerateRequest, seed: int, retake_seed: int,
-                 on_step: StepCallback, reference: Audio | None = None) -> EngineOutput:
+                 on_step: StepCallback, reference: Audio | None = None,
+                 audio_codes: str = "") -> EngineOutput:
+        """A song from the request; with `audio_codes` (the planner's, 5 a second), the DiT
+        renders those codes, as diffusers does with them (its cover of the codes)."""
         # v1's retake variance is not honoured here: the song is the seed's (reported as ignored).
         if reference is not None:
             raise _needs_v1("audio-to-audio from a reference_audio", "or clear reference_audio")
-        settings = self._settings(request)
+        settings = {**self._settings(request), **song_metadata(request)}
         # diffusers sizes its noise from latent_length / latents_per_second, which rounds one frame
         # too long for some lengths (1.113 s: 28 frames, noise 29); we draw the same noise at its length.
         latent_frames = math.ceil(request.duration * self.pipe.latents_per_second)
+        task_kwargs: dict[str, Any] = {}
+        if audio_codes:
+            # The codes set the length: each code is pool_window_size latent frames.
+            pool = int(self.pipe.audio_token_detokenizer.config.pool_window_size)
+            codes = len(AUDIO_CODE.findall(audio_codes))
+            latent_frames = codes * pool
+            task_kwargs["audio_codes"] = audio_codes
+            settings["audio_codes"] = codes
         shape = (1, latent_frames, self.pipe.transformer.config.audio_acoustic_hidden_dim)
         latents = blended_noise(shape, seed, seed, 0.0, self.pipe.device, self.pipe.transformer.dtype)
-        wave = self._run(request, settings, seed, on_step, audio_duration=request.duration,
-                         latents=latents)
+        wave = self._run(request, settings, seed, on_step, latents=latents,
+                         audio_duration=latent_frames / self.pipe.latents_per_second if audio_codes
+                         else request.duration, **song_metadata(request), **task_kwargs)
         frames = audio_ops.seconds_to_frames(request.duration, self.sample_rate)
         return EngineOutput(Audio(fit_end(wave, frames), self.sample_rate),
                             {**settings, "latent_frames": latent_frames}, unused=unused(request))
@@ -357,6 +378,15 @@ class AceStep15Engine:
             raise InputError(f"the LoRA {wanted} has no weights for ACE-Step 1.5's transformer "
                              f"(an ACE-Step v1 LoRA?); choose a LoRA made for {self.model_id}")
         self.lora = wanted
+
+
+def song_metadata(request: GenerateRequest) -> dict[str, Any]:
+    """The request's bpm, key, time signature and language as diffusers takes them; what is not
+    given is left out (diffusers writes "N/A", and "en" for the language)."""
+    given = {"bpm": request.bpm or None, "keyscale": request.keyscale.strip() or None,
+             "timesignature": str(request.timesignature) if request.timesignature else None,
+             "vocal_language": request.vocal_language.strip().lower() or None}
+    return {name: value for name, value in given.items() if value is not None}
 
 
 def unused(request: Any) -> frozenset[str]:

@@ -88,17 +88,12 @@ from typing import Any, Callable, Iterator
 import torch
 from transformers import LogitsProcessor, StoppingCriteria
 
-from ..engines import StepCallback, pick_device, pick_dtype
+from ..engines import DEFAULT_PLANNER, HUB_PLANNERS, StepCallback, pick_device, pick_dtype
 from ..errors import InputError, ModelUnavailableError
 from ..hub import download, local_checkpoint, require_files
+from ..requests import BPM_RANGE, KEYSCALE, LANGUAGES
+from ..requests import TIME_SIGNATURES as SONG_BEATS
 
-# Name -> (Hub repo, folder inside it). Any other name is a local folder or a Hub repo id.
-HUB_PLANNERS = {
-    "acestep-5Hz-lm-0.6B": ("ACE-Step/acestep-5Hz-lm-0.6B", None),
-    "acestep-5Hz-lm-1.7B": ("ACE-Step/Ace-Step1.5", "acestep-5Hz-lm-1.7B"),
-    "acestep-5Hz-lm-4B": ("ACE-Step/acestep-5Hz-lm-4B", None),
-}
-DEFAULT_PLANNER = "acestep-5Hz-lm-1.7B"  # upstream's DEFAULT_LM_MODEL
 PLANNER_FILES = ("*.json", "*.safetensors", "*.txt", "*.jinja")  # config, weights, tokenizer
 WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
 
@@ -115,15 +110,8 @@ AUDIO_CODE = re.compile(r"<\|audio_code_(\d+)\|>")
 CODES_PER_SECOND = 5
 MAX_AUDIO_CODE = 63999  # the FSQ codebook has 64000 entries; the other 1535 code tokens go unused
 CODES_MARGIN_TOKENS = 10  # upstream's phase 2 budget: the target number of codes plus 10
-BPM_RANGE = (30, 300)
 DURATION_RANGE_S = (10, 600)
-TIME_SIGNATURES = ("2", "3", "4", "6")  # beats per bar; "6" is 6/8
-LANGUAGES = (  # upstream's VALID_LANGUAGES, less "unknown" (which we read as None)
-    "ar", "az", "bg", "bn", "ca", "cs", "da", "de", "el", "en", "es", "fa", "fi", "fr", "he", "hi",
-    "hr", "ht", "hu", "id", "is", "it", "ja", "ko", "la", "lt", "ms", "ne", "nl", "no", "pa", "pl",
-    "pt", "ro", "ru", "sa", "sk", "sr", "sv", "sw", "ta", "te", "th", "tl", "tr", "uk", "ur", "vi",
-    "yue", "zh")
-KEYSCALE = re.compile(r"([A-G])\s*(#|b|♯|♭)?\s+(major|minor)", re.IGNORECASE)
+TIME_SIGNATURES = tuple(map(str, SONG_BEATS))  # as the LM writes them
 PROGRESS_EVERY_TOKENS = 16
 
 TINY_AUDIO_CODES = 64  # the tiny planner's code tokens; the real vocabulary has 65535
@@ -562,6 +550,14 @@ class Planner:
     @property
     def device(self) -> torch.device:
         return self.model.device
+
+    def to(self, device: torch.device) -> None:
+        """Move the LM (the planner offloads to the CPU while the DiT needs the room)."""
+        self.model.to(device)
+
+    def weights_bytes(self) -> int:
+        return sum(tensor.numel() * tensor.element_size()
+                   for tensor in [*self.model.parameters(), *self.model.buffers()])
 
     def write(self, idea: str, *, instrumental: bool = False, seed: int,
               on_step: StepCallback | None = None) -> Plan:

@@ -1,0 +1,63 @@
+"""The one memory budget the DiT and the 5 Hz LM share: what a checkpoint needs and a device has.
+
+`EngineManager` asks `room_for` before it places a model, and moves the other one out of the way
+when both do not fit: the planner goes to the CPU (cheap to bring back), the DiT is unloaded.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import torch
+
+GIB = 1024 ** 3
+RESERVE_BYTES = 2 * GIB  # kept free beside the weights for a run's activations
+ITEM_BYTES = {"F64": 8, "F32": 4, "BF16": 2, "F16": 2, "I64": 8, "I32": 4, "I8": 1, "U8": 1}
+HEADER_LENGTH_BYTES = 8  # safetensors: a little-endian u64, then the JSON header
+
+
+def weights_bytes(folder: Path, dtype: torch.dtype) -> int:
+    """The bytes the safetensors weights under `folder` take once loaded in `dtype` (their size on
+    disk, rescaled from the precision they are stored in)."""
+    total = 0
+    for path in sorted(Path(folder).rglob("*.safetensors")):
+        stored = _stored_item_bytes(path)
+        size = path.stat().st_size
+        total += size * dtype.itemsize // stored if stored else size
+    return total
+
+
+def _stored_item_bytes(path: Path) -> int:
+    """The item size of the file's largest tensor, read from its header (no weights are read)."""
+    try:
+        with path.open("rb") as file:
+            (length,) = struct.unpack("<Q", file.read(HEADER_LENGTH_BYTES))
+            header = json.loads(file.read(length))
+    except (OSError, ValueError, struct.error):
+        return 0
+    tensors = [entry for name, entry in header.items() if name != "__metadata__"]
+    if not tensors:
+        return 0
+    largest = max(tensors, key=lambda entry: entry["data_offsets"][1] - entry["data_offsets"][0])
+    return ITEM_BYTES.get(largest["dtype"], 0)
+
+
+def free_bytes(device: torch.device) -> int:
+    """Memory a new model may take on `device`: free GPU memory plus what torch holds cached
+    (it reuses that), or the system's available RAM for the CPU."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return free + cached
+    if device.type == "mps":
+        return torch.mps.recommended_max_memory() - torch.mps.current_allocated_memory()
+    import psutil
+
+    return psutil.virtual_memory().available
+
+
+def fits(need_bytes: int, free: int) -> bool:
+    """Whether `need_bytes` of weights fit in `free` with the run's reserve beside them."""
+    return need_bytes + RESERVE_BYTES <= free
