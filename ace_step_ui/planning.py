@@ -15,6 +15,7 @@ import dataclasses
 from typing import Any
 
 from .engines import StepCallback
+from .v15.engine import AUDIO_CODE_PREFIX
 from .requests import MAX_TEXT_CHARS, GenerateRequest, PromptToAudioRequest, public_fields
 
 GENERATE_FIELDS = frozenset(f.name for f in public_fields(GenerateRequest))
@@ -61,7 +62,7 @@ def describe_plan(plan: Any) -> dict[str, Any]:
     """What the planner decided, for the result's params."""
     return {"tags": plan.tags, "lyrics": plan.lyrics, "bpm": plan.bpm, "keyscale": plan.keyscale,
             "timesignature": plan.timesignature, "duration_s": plan.duration_s,
-            "language": plan.language, "audio_codes": plan.audio_codes.count("<|audio_code_")}
+            "language": plan.language, "audio_codes": plan.audio_codes.count(AUDIO_CODE_PREFIX)}
 
 
 def replay_request(song: GenerateRequest, seed: int) -> dict[str, Any]:

@@ -31,7 +31,6 @@ from ..engines import (DEFAULT_MODEL, V15_MODEL, EngineOutput, Family, StepCallb
                        pick_dtype,
                        read_json, register)
 from ..errors import InputError
-from .planner import AUDIO_CODE
 from ..hub import download, local_checkpoint, lora_file, require_files
 from ..requests import (CompleteRequest, CoverRequest, EditRequest, ExtractRequest,
                         GenerateRequest, InpaintRequest, LegoRequest, OutpaintRequest, Request,
@@ -60,6 +59,7 @@ TASK_PARAMS = {
     "complete": frozenset({"audio", "track_classes"}),
 }
 BASE_TASKS = ("extract", "lego", "complete")  # upstream trains only the base models for these
+AUDIO_CODE_PREFIX = "<|audio_code_"  # of each of the planner's code tokens, <|audio_code_N|>
 MIN_THINKING_S = 10.0  # the 5 Hz LM plans 10 to 600 s (upstream's DURATION_MIN)
 
 
@@ -217,7 +217,7 @@ class AceStep15Engine:
         if audio_codes:
             # The codes set the length: each code is pool_window_size latent frames.
             pool = int(self.pipe.audio_token_detokenizer.config.pool_window_size)
-            codes = len(AUDIO_CODE.findall(audio_codes))
+            codes = audio_codes.count(AUDIO_CODE_PREFIX)
             latent_frames = codes * pool
             task_kwargs["audio_codes"] = audio_codes
             settings["audio_codes"] = codes
