@@ -244,7 +244,8 @@ def test_fixture_lora_reproduces_the_first_transformer_calls(fixture_lora, tiny_
     folder = tiny_v1_weights / "ace_step_transformer"
     config = transformer.TransformerConfig.from_json(json.loads((folder / "config.json").read_text()))
     model = build_on_meta(lambda: transformer.ACEStepTransformer(config))
-    load_weights(model, folder / "diffusion_pytorch_model.safetensors", torch.device("cpu"), torch.float32)
+    load_weights(model, folder / "diffusion_pytorch_model.safetensors", torch.device("cpu"), torch.float32,
+                 skip=transformer.is_training_only)
     recorded = refs("lora_0p7")
     latents = recorded["decode.in_hidden.000"]
     frames_mask = torch.ones(latents.shape[0], latents.shape[-1])
@@ -267,3 +268,12 @@ def test_fixture_lora_reproduces_the_first_transformer_calls(fixture_lora, tiny_
     torch.testing.assert_close(velocity, recorded["decode.out.000"], rtol=0, atol=DECODE_ATOL)
     # without the LoRA the same call is far off: the comparison can fail
     assert (plain_velocity - recorded["decode.out.000"]).abs().max() > 1e-3
+
+
+def test_lora_weights_for_training_only_layers_are_passed_over():
+    """The checkpoint's add_* projections are not built (inference never runs them), so a LoRA's
+    weights for them change nothing and are not an error."""
+    model = stand_in(SHAPES)
+    unused = {"transformer_blocks.0.cross_attn.add_q_proj": (5, 5)}
+    targets, problems = lora.lora_targets(model, lora_for({**SHAPES, **unused}))
+    assert problems == [] and set(targets) == set(SHAPES)

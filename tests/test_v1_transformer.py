@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import math
 from contextlib import contextmanager
 
 import pytest
 import torch
 from v1_fixture import FIXTURE, refs
 
-from ace_step_ui.v1.transformer import ACEStepTransformer, TransformerConfig, _patch_conv_as_matmul
+from ace_step_ui.v1.transformer import (ACEStepTransformer, TransformerConfig, _patch_conv_as_matmul,
+                                        is_training_only, training_only_shapes)
 from ace_step_ui.v1.weights import build_on_meta, load_weights
 
 TOLERANCES = json.loads((FIXTURE / "tolerances.json").read_text())["recommended"]
@@ -31,7 +33,7 @@ def model(tiny_v1_weights) -> ACEStepTransformer:
     config = read_config(tiny_v1_weights)
     return load_weights(build_on_meta(lambda: ACEStepTransformer(config)),
                         transformer_dir(tiny_v1_weights) / "diffusion_pytorch_model.safetensors",
-                        torch.device("cpu"), torch.float32)
+                        torch.device("cpu"), torch.float32, skip=is_training_only)
 
 
 class Conditions:
@@ -195,7 +197,7 @@ def test_bfloat16_runs(tiny_v1_weights):
     config = read_config(tiny_v1_weights)
     model = load_weights(build_on_meta(lambda: ACEStepTransformer(config)),
                          transformer_dir(tiny_v1_weights) / "diffusion_pytorch_model.safetensors",
-                         torch.device("cpu"), torch.bfloat16)
+                         torch.device("cpu"), torch.bfloat16, skip=is_training_only)
     conditions = Conditions("t2m_no_lyrics")  # one lyric token: bf16 matmuls are slow on most CPUs
     recorded = conditions.refs
     latents = recorded["decode.in_hidden.000"].to(torch.bfloat16)
@@ -214,14 +216,44 @@ def test_bfloat16_runs(tiny_v1_weights):
     assert relative_rms(velocity, recorded["decode.out.000"]) < 0.05
 
 
+def built_and_skipped(config: TransformerConfig) -> dict[str, list[int]]:
+    """What the module builds, plus the training-only keys it declares: the checkpoint's layout."""
+    model = build_on_meta(lambda: ACEStepTransformer(config))
+    built = {key: list(value.shape) for key, value in model.state_dict().items()}
+    skipped = {key: list(shape) for key, shape in training_only_shapes(config).items()}
+    assert not any(is_training_only(key) for key in built) and set(skipped).isdisjoint(built)
+    assert all(is_training_only(key) for key in skipped)
+    return {**built, **skipped}
+
+
 def test_state_dict_equals_the_tiny_checkpoint(tiny_v1_weights):
+    """The parity fixture's checkpoint, written by upstream's model class."""
     from safetensors import safe_open
 
-    model = build_on_meta(lambda: ACEStepTransformer(read_config(tiny_v1_weights)))
     weights = transformer_dir(tiny_v1_weights) / "diffusion_pytorch_model.safetensors"
     with safe_open(str(weights), "pt") as file:
         stored = {key: list(file.get_slice(key).get_shape()) for key in file.keys()}
-    assert {key: list(value.shape) for key, value in model.state_dict().items()} == stored
+    assert built_and_skipped(read_config(tiny_v1_weights)) == stored
+
+
+def test_a_checkpoint_missing_a_used_key_is_refused_and_one_without_training_only_keys_loads(
+        tiny_v1_weights, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from ace_step_ui.errors import ModelUnavailableError
+
+    config = read_config(tiny_v1_weights)
+    state = load_file(transformer_dir(tiny_v1_weights) / "diffusion_pytorch_model.safetensors")
+    lean = {key: value for key, value in state.items() if not is_training_only(key)}
+    save_file(lean, str(tmp_path / "lean.safetensors"))
+    load_weights(build_on_meta(lambda: ACEStepTransformer(config)), tmp_path / "lean.safetensors",
+                 torch.device("cpu"), torch.float32, skip=is_training_only)
+    del lean["transformer_blocks.0.cross_attn.to_k.weight"]
+    save_file(lean, str(tmp_path / "broken.safetensors"))
+    with pytest.raises(ModelUnavailableError, match="1 missing key.*cross_attn.to_k.weight"):
+        load_weights(build_on_meta(lambda: ACEStepTransformer(config)),
+                     tmp_path / "broken.safetensors", torch.device("cpu"), torch.float32,
+                     skip=is_training_only)
 
 
 def test_full_size_layout_equals_the_real_checkpoint():
@@ -230,11 +262,14 @@ def test_full_size_layout_equals_the_real_checkpoint():
     component = components["ace_step_transformer"]
     config = TransformerConfig.from_json(component["config_json"])
     model = build_on_meta(lambda: ACEStepTransformer(config))
-    state = model.state_dict()
-    assert all(tensor.is_meta for tensor in state.values())
-    assert {key: list(tensor.shape) for key, tensor in state.items()} == \
-        {key: list(shape) for key, shape in component["file_keys"]}
-    assert sum(tensor.numel() for tensor in state.values()) == component["n_parameters"]
+    assert all(tensor.is_meta for tensor in model.state_dict().values())
+    assert built_and_skipped(config) == {key: list(shape) for key, shape in component["file_keys"]}
+    built = sum(tensor.numel() for tensor in model.state_dict().values())
+    skipped = {key: math.prod(shape) for key, shape in training_only_shapes(config).items()}
+    assert built + sum(skipped.values()) == component["n_parameters"]
+    # What is never allocated: 629 M of joint-attention projections and 88 M of SSL heads.
+    add = sum(n for key, n in skipped.items() if "cross_attn" in key)
+    assert (round(add / 1e6), round((sum(skipped.values()) - add) / 1e6)) == (629, 88)
 
 
 def test_config_ignores_bookkeeping_keys():

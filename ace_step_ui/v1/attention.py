@@ -2,7 +2,7 @@
 
 Self-attention over the latent frames is ReLU linear attention (Sana's "LiteLA"); cross-attention to
 the condition sequence is ordinary softmax attention. Both rotate queries and keys with RoPE. Layer
-names (`to_q`, `to_k`, `to_v`, `to_out.0`, the unused `add_*` projections) are the checkpoint's, and
+names (`to_q`, `to_k`, `to_v`, `to_out.0`) are the checkpoint's, and
 every projection is an `nn.Linear` called as a module, so LoRA layers can wrap them.
 """
 
@@ -86,8 +86,9 @@ class LinearSelfAttention(nn.Module):
 class CrossAttention(nn.Module):
     """Softmax attention from latent frames to the condition sequence, RoPE on both sides.
 
-    `add_q_proj`, `add_k_proj`, `add_v_proj` and `to_add_out` are in the checkpoint but never used at
-    inference; they exist so that loading stays strict.
+    The checkpoint also holds `add_q_proj`, `add_k_proj`, `add_v_proj` and `to_add_out` (joint
+    attention projections that inference never runs): they are not built, and loading skips them
+    (`transformer.TRAINING_ONLY`).
     """
 
     def __init__(self, dim: int, heads: int, head_dim: int):
@@ -97,11 +98,7 @@ class CrossAttention(nn.Module):
         self.to_q = nn.Linear(dim, inner)
         self.to_k = nn.Linear(dim, inner)
         self.to_v = nn.Linear(dim, inner)
-        self.add_k_proj = nn.Linear(dim, inner)
-        self.add_v_proj = nn.Linear(dim, inner)
-        self.add_q_proj = nn.Linear(dim, inner)
         self.to_out = nn.ModuleList([nn.Linear(inner, dim)])
-        self.to_add_out = nn.Linear(inner, dim)
 
     def forward(self, hidden_states: torch.Tensor, mask: torch.Tensor, context: torch.Tensor,
                 context_mask: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor],

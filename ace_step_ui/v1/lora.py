@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from ..errors import InputError
 from ..hub import lora_file
+from .transformer import is_training_only
 
 LORA_WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
 LORA_SUFFIXES = (".lora_A.weight", ".lora_B.weight", ".lora_B.bias")
@@ -127,6 +128,8 @@ def lora_targets(model: nn.Module, weights: dict[str, Tensor]) -> tuple[dict[str
             names.setdefault(key[: -len(suffix)], None)
     targets: dict[str, nn.Linear] = {}
     for name in names:
+        if is_training_only(f"{name}."):
+            continue  # a layer inference never runs (and does not build): nothing to adapt
         lora_A, lora_B = weights.get(f"{name}.lora_A.weight"), weights.get(f"{name}.lora_B.weight")
         if lora_A is None or lora_B is None:
             problems.append(f"{name} lacks its lora_{'A' if lora_A is None else 'B'}.weight")

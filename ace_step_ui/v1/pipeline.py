@@ -24,7 +24,7 @@ from .autoencoder import (LATENT_FRAMES_PER_SECOND, MODEL_SAMPLE_RATE, OUTPUT_SA
                           SAMPLES_PER_LATENT_FRAME, MusicDCAE, build_dcae)
 from .lyrics import MAX_LYRIC_TOKENS, LyricTokenizer
 from .text_encoder import TextEncoder
-from .transformer import ACEStepTransformer, TransformerConfig
+from .transformer import ACEStepTransformer, TransformerConfig, is_training_only
 from .vocoder import HiFiGANVocoder, VocoderConfig
 from .vocab import lyric_vocab_path
 from .weights import build_on_meta, load_weights
@@ -201,7 +201,8 @@ class V1Pipeline:
 
         config = TransformerConfig.from_json(read_json(root / checkpoint.TRANSFORMER / "config.json"))
         transformer = load_weights(build_on_meta(lambda: ACEStepTransformer(config)),
-                                   weights(checkpoint.TRANSFORMER), device, dtype)
+                                   weights(checkpoint.TRANSFORMER), device, dtype,
+                                   skip=is_training_only)
         dcae_config = read_json(root / checkpoint.AUTOENCODER / "config.json")
         dcae = load_weights(build_on_meta(lambda: build_dcae(dcae_config)),
                             weights(checkpoint.AUTOENCODER), device, dtype)

@@ -64,14 +64,18 @@ def write_tiny_checkpoint(folder: Path, seed: int = 0) -> Path:
     """Write a loadable tiny v1 checkpoint into `folder` (the official layout); returns it."""
     from .autoencoder import build_dcae
     from .text_encoder import stored_umt5
-    from .transformer import ACEStepTransformer, TransformerConfig
+    from .transformer import ACEStepTransformer, TransformerConfig, training_only_shapes
     from .vocoder import HiFiGANVocoder, VocoderConfig
 
     folder = Path(folder)
     torch.manual_seed(seed)
     tokenizer_size = write_umt5_tokenizer(folder / checkpoint.TEXT_ENCODER)
-    transformer = ACEStepTransformer(TransformerConfig.from_json(TRANSFORMER_CONFIG))
-    _save(folder, checkpoint.TRANSFORMER, TRANSFORMER_CONFIG, transformer, torch.bfloat16)
+    config = TransformerConfig.from_json(TRANSFORMER_CONFIG)
+    transformer = ACEStepTransformer(config)
+    # The official layout also holds the training-only tensors, which loading skips.
+    training_only = {key: 0.02 * torch.randn(shape) for key, shape in training_only_shapes(config).items()}
+    _save(folder, checkpoint.TRANSFORMER, TRANSFORMER_CONFIG, transformer, torch.bfloat16,
+          training_only)
     _save(folder, checkpoint.AUTOENCODER, DCAE_CONFIG, build_dcae(DCAE_CONFIG), torch.float32)
     vocoder = HiFiGANVocoder(VocoderConfig.from_json(VOCODER_CONFIG))
     audible_gains(vocoder)
@@ -121,11 +125,12 @@ def audible_gains(vocoder: torch.nn.Module) -> None:
 
 
 def _save(folder: Path, component: str, config: dict[str, Any], module: torch.nn.Module,
-          dtype: torch.dtype) -> None:
+          dtype: torch.dtype, extra: dict[str, torch.Tensor] | None = None) -> None:
     target = folder / component
     target.mkdir(parents=True, exist_ok=True)
     (target / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    state = {key: tensor.detach().to(dtype).contiguous() for key, tensor in module.state_dict().items()}
+    tensors = {**module.state_dict(), **(extra or {})}
+    state = {key: tensor.detach().to(dtype).contiguous() for key, tensor in tensors.items()}
     save_file(state, str(target / checkpoint.WEIGHTS[component]), metadata={"format": "pt"})
 
 

@@ -5,13 +5,15 @@ sequence; `decode` predicts the flow-matching velocity of latents `[B, 8, 16, T]
 the 0..1000 scale. A Sana-style DiT: one token per latent frame, adaLN-single modulation, ReLU linear
 self-attention, softmax cross-attention to the conditions, a gated depthwise-conv feed-forward.
 
-Module and parameter names are the checkpoint's, so the weights load strictly; training-only parts
-(`projectors`, the cross-attention `add_*` projections) are built but never run.
+Module and parameter names are the checkpoint's, so the weights load strictly. The training-only
+parts of the checkpoint (the SSL `projectors`, the cross-attention `add_*` projections: 717 M of its
+3.5 B parameters at full size) are declared in `TRAINING_ONLY`, never built and never read.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -192,10 +194,32 @@ class FinalLayer(nn.Module):
         return latents
 
 
-def projector(dim: int, out_dim: int) -> nn.Sequential:
-    """A training-only head (SSL feature regression); kept so the checkpoint loads strictly."""
-    return nn.Sequential(nn.Linear(dim, 2 * dim), nn.SiLU(), nn.Linear(2 * dim, 2 * dim), nn.SiLU(),
-                         nn.Linear(2 * dim, out_dim))
+# Checkpoint keys that inference never uses: the SSL feature-regression heads and the joint
+# attention projections of each cross-attention. Loading skips them; every other key is strict.
+TRAINING_ONLY = re.compile(r"projectors\.\d+\.|transformer_blocks\.\d+\.cross_attn\."
+                           r"(add_[qkv]_proj|to_add_out)\.")
+PROJECTOR_LAYERS = (0, 2, 4)  # Linear, SiLU, Linear, SiLU, Linear
+
+
+def is_training_only(key: str) -> bool:
+    return TRAINING_ONLY.match(key) is not None
+
+
+def training_only_shapes(config: TransformerConfig) -> dict[str, tuple[int, ...]]:
+    """The shapes of the checkpoint's training-only tensors (`TRAINING_ONLY`), which are not built."""
+    dim = config.inner_dim
+    shapes: dict[str, tuple[int, ...]] = {}
+    for block in range(config.num_layers):
+        prefix = f"transformer_blocks.{block}.cross_attn."
+        for name in ("add_k_proj", "add_v_proj", "add_q_proj", "to_add_out"):
+            shapes[f"{prefix}{name}.weight"] = (dim, dim)
+            shapes[f"{prefix}{name}.bias"] = (dim,)
+    for index, ssl_dim in enumerate(config.ssl_latent_dims):
+        widths = ((dim, 2 * dim), (2 * dim, 2 * dim), (2 * dim, ssl_dim))
+        for layer, (width_in, width_out) in zip(PROJECTOR_LAYERS, widths):
+            shapes[f"projectors.{index}.{layer}.weight"] = (width_out, width_in)
+            shapes[f"projectors.{index}.{layer}.bias"] = (width_out,)
+    return shapes
 
 
 class ACEStepTransformer(nn.Module):
@@ -213,7 +237,6 @@ class ACEStepTransformer(nn.Module):
         self.lyric_embs = nn.Embedding(config.lyric_encoder_vocab_size, config.lyric_hidden_size)
         self.lyric_encoder = LyricEncoder(config.lyric_hidden_size)
         self.lyric_proj = nn.Linear(LYRIC_ENCODER_WIDTH, dim)
-        self.projectors = nn.ModuleList([projector(dim, ssl_dim) for ssl_dim in config.ssl_latent_dims])
         self.proj_in = PatchEmbed(config.patch_size, dim)
         self.final_layer = FinalLayer(dim, config.patch_size, config.out_channels)
 

@@ -2,7 +2,8 @@
 
 Modules are constructed on the `meta` device and every tensor is read from the file straight onto
 the target device and converted one at a time, so a 16-bit checkpoint never exists as a full float32
-copy. `strict=True`: a missing or unexpected key is an error that names the keys.
+copy. `strict=True`: a missing or unexpected key is an error that names the keys; only keys a module
+declares unused (e.g. the v1 transformer's training-only heads) are skipped, unread.
 """
 
 from __future__ import annotations
@@ -26,18 +27,24 @@ def build_on_meta(factory: Callable[[], ModuleT]) -> ModuleT:
     return module.to("meta")
 
 
-def read_state_dict(path: Path, device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+def read_state_dict(path: Path, device: torch.device, dtype: torch.dtype,
+                    skip: Callable[[str], bool] = lambda key: False) -> dict[str, torch.Tensor]:
+    """The file's tensors in `dtype` on `device`, less the keys `skip` names (never read)."""
     state = {}
     with safe_open(str(path), framework="pt", device=str(device)) as file:
         for key in file.keys():
+            if skip(key):
+                continue
             tensor = file.get_tensor(key)
             state[key] = tensor.to(dtype) if tensor.is_floating_point() else tensor
     return state
 
 
-def load_weights(module: ModuleT, path: Path, device: torch.device, dtype: torch.dtype) -> ModuleT:
-    """Fill a (meta-built) `module` from the safetensors file at `path`, strictly, in eval mode."""
-    state = read_state_dict(path, device, dtype)
+def load_weights(module: ModuleT, path: Path, device: torch.device, dtype: torch.dtype,
+                 skip: Callable[[str], bool] = lambda key: False) -> ModuleT:
+    """Fill a (meta-built) `module` from the safetensors file at `path`, strictly, in eval mode;
+    keys `skip` declares unused (and the module does not build) are not read."""
+    state = read_state_dict(path, device, dtype, skip)
     missing, unexpected = _key_mismatch(module, state)
     if missing or unexpected:
         raise ModelUnavailableError(
