@@ -163,7 +163,8 @@ class StageClock:
             self.seconds[stage] += time.perf_counter() - started
             self.calls[stage] += 1
             if stage == "dit":
-                shape = (tuple(args[0].shape), tuple(args[2].shape))
+                condition = getattr(args[2], "states", args[2])  # a prepared Condition's
+                shape = (tuple(args[0].shape), tuple(condition.shape))
                 self.dit_shapes[shape] += 1
                 self.dit_args.setdefault(shape, (args, kwargs))
             return result

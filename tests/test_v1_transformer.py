@@ -278,3 +278,35 @@ def test_config_ignores_bookkeeping_keys():
                                           "patch_size": [16, 1], "ssl_latent_dims": [8, 4]})
     assert config.num_layers == 3 and config.patch_size == (16, 1) and config.ssl_latent_dims == (8, 4)
     assert config.inner_dim == config.num_attention_heads * config.attention_head_dim
+
+
+def test_feed_forward_runs_its_1x1_convolutions_as_gemms_with_the_same_result():
+    """The reference op: upstream's convolutions on channels-first activations."""
+    from ace_step_ui.v1.transformer import GLUMBConv
+
+    torch.manual_seed(0)
+    ff = GLUMBConv(48, 120)
+    x = torch.randn(2, 37, 48)
+    h = torch.nn.functional.silu(ff.inverted_conv(x.transpose(1, 2)))
+    h, gate = ff.depth_conv(h).chunk(2, dim=1)
+    reference = ff.point_conv(h * torch.nn.functional.silu(gate)).transpose(1, 2)
+    got = ff(x)
+    assert got.shape == reference.shape
+    assert relative_rms(got, reference) < 1e-6
+
+
+def test_a_prepared_condition_gives_the_same_velocity_as_its_sequence(model):
+    """The keys and values made once per song are the ones each call would compute."""
+    torch.manual_seed(0)
+    config = model.config
+    latents = torch.randn(2, 8, 16, 9)
+    frames = torch.ones(2, 9)
+    context = torch.randn(2, 11, config.inner_dim)
+    context_mask = torch.ones(2, 11)
+    context_mask[1, 7:] = 0
+    timestep = torch.tensor([900.0, 300.0])
+    for erg in (False, True):
+        plain = model.decode(latents, frames, context, context_mask, timestep, erg_diffusion=erg)
+        prepared = model.decode(latents, frames, model.condition(context), context_mask, timestep,
+                                erg_diffusion=erg)
+        assert torch.equal(plain, prepared)

@@ -100,16 +100,24 @@ class CrossAttention(nn.Module):
         self.to_v = nn.Linear(dim, inner)
         self.to_out = nn.ModuleList([nn.Linear(inner, dim)])
 
+    def keys_values(self, context: torch.Tensor, context_rotary: tuple[torch.Tensor, torch.Tensor]
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The rotated keys and the values `[B, H, L, D]` of the condition sequence: the same at
+        every step of a song, so the pipeline computes them once (`ACEStepTransformer.condition`)."""
+        key = apply_rotary(split_heads(self.to_k(context), self.heads), *context_rotary)
+        return key, split_heads(self.to_v(context), self.heads)
+
     def forward(self, hidden_states: torch.Tensor, mask: torch.Tensor, context: torch.Tensor,
                 context_mask: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor],
-                context_rotary: tuple[torch.Tensor, torch.Tensor], query_scale: float = 1.0) -> torch.Tensor:
+                context_rotary: tuple[torch.Tensor, torch.Tensor], query_scale: float = 1.0,
+                keys_values: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         batch = hidden_states.shape[0]
         query = self.to_q(hidden_states)
         if query_scale != 1.0:
             query = query * query_scale
         query = apply_rotary(split_heads(query, self.heads), *rotary)
-        key = apply_rotary(split_heads(self.to_k(context), self.heads), *context_rotary)
-        value = split_heads(self.to_v(context), self.heads)
+        key, value = keys_values if keys_values is not None else self.keys_values(context,
+                                                                                  context_rotary)
 
         pair_mask = mask[:, :, None] * context_mask[:, None, :]
         bias = torch.where(pair_mask == 1, 0.0, -torch.inf)

@@ -24,7 +24,7 @@ from .autoencoder import (LATENT_FRAMES_PER_SECOND, MODEL_SAMPLE_RATE, OUTPUT_SA
                           SAMPLES_PER_LATENT_FRAME, MusicDCAE, build_dcae)
 from .lyrics import MAX_LYRIC_TOKENS, LyricTokenizer
 from .text_encoder import TextEncoder
-from .transformer import ACEStepTransformer, TransformerConfig, is_training_only
+from .transformer import ACEStepTransformer, Condition, TransformerConfig, is_training_only
 from .vocoder import HiFiGANVocoder, VocoderConfig
 from .vocab import lyric_vocab_path
 from .weights import build_on_meta, load_weights
@@ -372,9 +372,15 @@ class V1Pipeline:
         start, end = sampling.guidance_window(num_steps, settings.guidance_interval)
         momentum = sampling.APGMomentum()
 
+        # Each condition's cross-attention keys and values, made at its first use and kept for
+        # the song (not in upstream, which recomputes them at every call: the same numbers).
+        prepared: dict[int, Condition] = {}
+
         def decode(x, timestep, encoder_hidden, erg_diffusion=False):
-            return model.decode(x, attention_mask, encoder_hidden, hidden_mask, timestep,
-                                erg_diffusion=erg_diffusion)
+            if id(encoder_hidden) not in prepared:
+                prepared[id(encoder_hidden)] = model.condition(encoder_hidden)
+            return model.decode(x, attention_mask, prepared[id(encoder_hidden)], hidden_mask,
+                                timestep, erg_diffusion=erg_diffusion)
 
         def velocity(x: torch.Tensor, t: torch.Tensor, step: int) -> torch.Tensor:
             timestep = t.expand(x.shape[0])
