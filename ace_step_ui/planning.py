@@ -15,10 +15,10 @@ import dataclasses
 from typing import Any
 
 from .engines import StepCallback
-from .v15.engine import AUDIO_CODE_PREFIX
 from .requests import MAX_TEXT_CHARS, GenerateRequest, PromptToAudioRequest, public_fields
 
 GENERATE_FIELDS = frozenset(f.name for f in public_fields(GenerateRequest))
+AUDIO_CODE_PREFIX = "<|audio_code_"  # of each of the planner's code tokens, <|audio_code_N|>
 
 
 def write(planner: Any, request: PromptToAudioRequest, seed: int,

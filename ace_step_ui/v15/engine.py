@@ -31,6 +31,7 @@ from ..engines import (DEFAULT_MODEL, V15_MODEL, EngineOutput, Family, StepCallb
                        pick_dtype,
                        read_json, register)
 from ..errors import InputError
+from ..planning import AUDIO_CODE_PREFIX
 from ..hub import download, local_checkpoint, lora_file, require_files
 from ..requests import (CompleteRequest, CoverRequest, EditRequest, ExtractRequest,
                         GenerateRequest, InpaintRequest, LegoRequest, OutpaintRequest, Request,
@@ -59,7 +60,6 @@ TASK_PARAMS = {
     "complete": frozenset({"audio", "track_classes"}),
 }
 BASE_TASKS = ("extract", "lego", "complete")  # upstream trains only the base models for these
-AUDIO_CODE_PREFIX = "<|audio_code_"  # of each of the planner's code tokens, <|audio_code_N|>
 MIN_THINKING_S = 10.0  # the 5 Hz LM plans 10 to 600 s (upstream's DURATION_MIN)
 
 
