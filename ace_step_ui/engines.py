@@ -300,7 +300,7 @@ class EngineManager:
     The engine and the planner share the device's memory (memory.py): when the one about to run
     does not fit beside the other, the planner moves to the CPU (and back when it plans again) and
     the engine is unloaded (and loaded again on its next job); on the CPU itself the other one is
-    unloaded. `moves` lists what was moved, for the result's params.
+    unloaded. `moves` lists what the current job moved, for the result's params.
 
     Jobs belong to an owner (a browser session, an API client); `cancel(owner)` stops all of that
     owner's jobs at their next diffusion step, or before they start if they are still waiting for

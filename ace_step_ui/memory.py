@@ -1,6 +1,6 @@
 """The one memory budget the DiT and the 5 Hz LM share: what a checkpoint needs and a device has.
 
-`EngineManager` asks `room_for` before it places a model, and moves the other one out of the way
+`EngineManager` asks `fits` before it places a model, and moves the other one out of the way
 when both do not fit: the planner goes to the CPU (cheap to bring back), the DiT is unloaded.
 """
 

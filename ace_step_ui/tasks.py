@@ -108,7 +108,7 @@ def run(task: str, payload: Mapping[str, Any], manager: EngineManager, model: st
                 raise Cancelled("stopped by the user before it started")
             started = time.perf_counter()
             step = manager.step_callback(on_step, stop)
-            moves = len(manager.moves)
+            manager.moves.clear()  # this job's alone: one job holds the slot at a time
             song, plans, codes = request, {}, ""
             if isinstance(request, PromptToAudioRequest) or thinks:
                 _phase(on_phase, PLANNING)
@@ -138,6 +138,7 @@ def run(task: str, payload: Mapping[str, Any], manager: EngineManager, model: st
                 assert isinstance(request, OutpaintRequest) and source is not None
                 output = edits.outpaint(engine, request, source, seed, retake_seed, step)
             finished = time.perf_counter()
+            moved = list(manager.moves)
 
     honoured = engine.honoured(task) - output.unused
     sent = request.to_dict()
@@ -162,7 +163,7 @@ def run(task: str, payload: Mapping[str, Any], manager: EngineManager, model: st
         **({"planner": {"model": manager.planner_model, **plans},
             # the plain generate request that sings this song again, and can be edited
             "generate_request": planning.replay_request(song, seed)} if plans else {}),
-        **({"memory": manager.moves[moves:]} if manager.moves[moves:] else {}),
+        **({"memory": moved} if moved else {}),
         "sample_rate": output.audio.sample_rate,
         "channels": output.audio.channels,
         "duration_s": round(output.audio.duration_s, 6),
