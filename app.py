@@ -18,9 +18,10 @@ import os
 import sys
 from pathlib import Path
 
+from ace_step_ui import speed
 from ace_step_ui.cli import EXIT_USAGE, UsageError, UsageParser
 from ace_step_ui.engines import (DEFAULT_MODEL, DEFAULT_PLANNER, DTYPES, HUB_PLANNERS, EngineManager,
-                                 known_models, pick_device)
+                                 known_models, pick_device, pick_dtype)
 from ace_step_ui.errors import InputError, ModelUnavailableError
 
 
@@ -47,7 +48,10 @@ def build_parser() -> UsageParser:
                              "for more); by default they may only upload files or give URLs")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     parser.add_argument("--dtype", default="auto",
-                        choices=("auto", *DTYPES))
+                        choices=("auto", *DTYPES),
+                        help="auto: float32 on the CPU, bfloat16 on CUDA (float16 where it lacks "
+                             "bfloat16)")
+    speed.add_arguments(parser)
     parser.add_argument("--share", action="store_true", help="create a public gradio.live link")
     parser.add_argument("--auth", action="append", default=[], metavar="USER:PASS",
                         help="require a login; repeat for more users")
@@ -75,7 +79,12 @@ def main(argv: list[str] | None = None) -> int:
 
     from ace_step_ui.ui import build_app, launch_options
 
-    manager = EngineManager(device=args.device, dtype=args.dtype, planner=args.planner)
+    manager = EngineManager(device=args.device, dtype=args.dtype, planner=args.planner,
+                            speed=speed.from_arguments(args))
+    speed.set_cpu_threads()
+    hint = speed.bfloat16_hint(pick_device(args.device), pick_dtype(args.dtype, pick_device(args.device)))
+    if hint:
+        print(f"note: {hint}", file=sys.stderr)
     if os.getenv("SPACES_ZERO_GPU") == "true":
         # ZeroGPU wants the weights placed at start-up; GPU calls run in forked workers.
         try:

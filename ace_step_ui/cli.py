@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from . import tasks
+from . import speed, tasks
 from .audio import FORMATS
 from .engines import DEFAULT_MODEL, DEFAULT_PLANNER, DTYPES, HUB_PLANNERS, EngineManager, pick_device
 from .errors import Cancelled, InputError, ModelUnavailableError
@@ -60,7 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
                           "the audio outside an edited range bit-exact; mp3 (320 kbps) is lossy")
     run.add_argument("--device", default="auto", type=device_option,
                      help="auto, cpu, cuda, cuda:N or mps")
-    run.add_argument("--dtype", default="auto", choices=("auto", *DTYPES))
+    run.add_argument("--dtype", default="auto", choices=("auto", *DTYPES),
+                     help="auto: float32 on the CPU, bfloat16 on CUDA; on CPUs with bfloat16 "
+                          "units (AVX512-BF16, AMX) bfloat16 runs songs of 30 s and more about "
+                          "1.7x faster")
+    speed.add_arguments(run)
     run.add_argument("--save-latents", action="store_true",
                      help="also write the final diffusion latents as <stem>.latents.safetensors "
                           "(ACE-Step v1)")
@@ -132,7 +136,9 @@ def run_command(args: argparse.Namespace) -> int:
     payload = read_input(args.input)
     if args.output_dir.exists() and not args.output_dir.is_dir():
         raise UsageError(f"--output-dir: {args.output_dir} is a file, not a folder")
-    manager = EngineManager(device=args.device, dtype=args.dtype, planner=args.planner)
+    manager = EngineManager(device=args.device, dtype=args.dtype, planner=args.planner,
+                            speed=speed.from_arguments(args))
+    speed.set_cpu_threads()
     progress = Progress()
     result = tasks.run(args.task, payload, manager, args.model, on_step=progress.step,
                        need_latents=args.save_latents, on_phase=progress.phase)

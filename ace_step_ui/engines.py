@@ -25,6 +25,7 @@ import torch
 from . import memory
 from .audio import Audio
 from .errors import Cancelled, InputError, ModelUnavailableError
+from .speed import Speed
 from .requests import (CoverRequest, EditRequest, GenerateRequest, InpaintRequest,
                        OutpaintRequest, Request)
 
@@ -109,8 +110,8 @@ class Family:
     is_checkpoint: Callable[[Path], bool]
     # model id or folder -> a complete local checkpoint folder (downloading it if needed)
     resolve: Callable[[str], Path]
-    # (checkpoint folder, model id, device, dtype) -> Engine
-    load: Callable[[Path, str, str, str], Engine]
+    # (checkpoint folder, model id, device, dtype, speed options) -> Engine
+    load: Callable[[Path, str, str, str, Speed], Engine]
     # (model id or folder, task) -> the request parameters it applies, told without loading it
     honoured: Callable[[str, str], frozenset[str]]
     # (model id or folder, request) -> None, or InputError for a request the family cannot run at
@@ -308,9 +309,11 @@ class EngineManager:
     """
 
     def __init__(self, device: str = "auto", dtype: str = "auto", planner: str = "",
-                 free_memory: Callable[[torch.device], int] = memory.free_bytes):
+                 free_memory: Callable[[torch.device], int] = memory.free_bytes,
+                 speed: Speed = Speed()):
         self.device = device
         self.dtype = dtype
+        self.speed = speed
         self.planner_model = planner or DEFAULT_PLANNER
         self.free_memory = free_memory
         self.slot = GpuSlot()
@@ -332,7 +335,7 @@ class EngineManager:
             folder = family.resolve(model)
             self.unload()
             self._make_room(memory.weights_bytes(folder, self._torch_dtype()), for_planner=False)
-            self._engine = family.load(folder, model, self.device, self.dtype)
+            self._engine = family.load(folder, model, self.device, self.dtype, self.speed)
             self._engine_key = key
         else:
             self._make_room(0, for_planner=False)

@@ -2,6 +2,7 @@
 
     python bench/speed.py [--size full|tiny] [--device cpu|cuda] [--dtype auto|float32|bfloat16]
                           [--durations 10 60 240] [--steps 27] [--quick] [--threads N]
+                          [--batch-guidance on|off] [--compile] [--memory auto|resident|offload]
                           [--work DIR] [--json PATH]
 
 It builds the v1 architecture with random weights (no download), at the released sizes (`full`,
@@ -18,7 +19,8 @@ from local safetensors. Then, per duration, it runs one text2music song (the hos
   its time, and `gemm_gflops`: plain matmuls of the shapes its linear and 1x1-conv layers ran,
   timed in the same run. Their ratio holds across machines.
 
-Load time (checkpoint files to a ready pipeline) comes first. --quick runs 10 and 60 s (10 s
+The fast path's switches are the app's (`--compile`, `--memory`), and `--batch-guidance off` for
+upstream's separate guidance passes. Load time (checkpoint files to a ready pipeline) comes first. --quick runs 10 and 60 s (10 s
 alone on a CPU) for a lent GPU's few minutes. The figures print as a table; --json writes them.
 The UMT5 tokenizer is the test one (tags tokenise differently; the encoder's cost is the same
 for a tags line), and the lyric vocabulary is the machine's (ACE_STEP_LYRIC_VOCAB, or the
@@ -28,7 +30,6 @@ repository's fixture folder where present).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import os
@@ -39,13 +40,15 @@ import tempfile
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from ace_step_ui.speed import MEMORY_MODES  # noqa: E402
 
 FULL_SIZE = REPO / "tests" / "fixtures" / "ace_step_v1_tiny" / "full_size_keys.json"
 STAGES = ("text_encoder", "condition_encoder", "dit", "autoencoder_decode", "vocoder")
@@ -151,14 +154,21 @@ class StageClock:
         self.calls: Counter[str] = Counter()
         self.dit_shapes: Counter[tuple] = Counter()
         self.dit_args: dict[tuple, tuple] = {}
+        self.inside: set[str] = set()
 
     def wrap(self, owner: Any, name: str, stage: str) -> None:
         original = getattr(owner, name)
 
         def timed(*args: Any, **kwargs: Any) -> Any:
+            if stage in self.inside:  # a wrapped call inside another of its stage counts once
+                return original(*args, **kwargs)
             synchronize(self.device)
             started = time.perf_counter()
-            result = original(*args, **kwargs)
+            self.inside.add(stage)
+            try:
+                result = original(*args, **kwargs)
+            finally:
+                self.inside.discard(stage)
             synchronize(self.device)
             self.seconds[stage] += time.perf_counter() - started
             self.calls[stage] += 1
@@ -197,6 +207,7 @@ class StageClock:
 def instrument(pipeline: Any, clock: StageClock) -> None:
     clock.wrap(pipeline.text_encoder, "encode", "text_encoder")
     clock.wrap(pipeline.transformer, "encode", "condition_encoder")
+    clock.wrap(pipeline.transformer, "encode_lyrics", "condition_encoder")
     clock.wrap(pipeline.transformer, "decode", "dit")
     clock.hook(pipeline.dcae.dcae.decoder, "autoencoder_decode")
     clock.hook(pipeline.dcae.vocoder, "vocoder")
@@ -220,7 +231,9 @@ def dit_flops_and_gemms(transformer: Any, args: tuple, kwargs: dict,
     handles = [module.register_forward_hook(record) for module in transformer.modules()
                if isinstance(module, (torch.nn.Linear, torch.nn.Conv1d))]
     try:
-        with FlopCounterMode(display=False) as counter, torch.no_grad():
+        # Counted eagerly: the FLOPs are the same, and the counter does not see into compiled code.
+        with (FlopCounterMode(display=False) as counter, torch.no_grad(),
+              torch._dynamo.config.patch(disable=True)):
             original_decode(*args, **kwargs)
     finally:
         for handle in handles:
@@ -308,11 +321,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=27)
     parser.add_argument("--quick", action="store_true", help="10 and 60 s (a CPU: 10 s)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--batch-guidance", choices=("on", "off"), default="on",
+                        help="the guidance passes as one batched forward (the default) or "
+                             "upstream's separate forwards")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the DiT's blocks")
+    parser.add_argument("--memory", choices=MEMORY_MODES, default="auto")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "ace-step-bench")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
 
     from ace_step_ui.engines import pick_device, pick_dtype
+    from ace_step_ui.speed import checkpoint_mode
     from ace_step_ui.v1.pipeline import V1Pipeline
 
     if args.threads:
@@ -324,17 +343,21 @@ def main(argv: list[str] | None = None) -> int:
         durations = [10.0] if device.type == "cpu" else [10.0, 60.0]
     folder = checkpoint_folder(args.size, args.work)
 
+    memory = checkpoint_mode(args.memory, folder, device, dtype)
     started = time.perf_counter()
-    pipeline = V1Pipeline.load(folder, device, dtype)
+    pipeline = V1Pipeline.load(folder, device, dtype, offload=memory == "offload",
+                               compile=args.compile)
     synchronize(device)
     load_s = time.perf_counter() - started
+    pipeline.batch_guidance = args.batch_guidance == "on"
     parameters = sum(p.numel() for p in pipeline.transformer.parameters())
     report: dict[str, Any] = {
         "machine": {"platform": platform.platform(), "processor": platform.processor(),
                     "torch": torch.__version__, "threads": torch.get_num_threads(),
                     "device": str(device), "dtype": str(dtype).replace("torch.", ""),
                     **({"gpu": torch.cuda.get_device_name(device)} if device.type == "cuda" else {})},
-        "size": args.size, "load_s": round(load_s, 2),
+        "size": args.size, "load_s": round(load_s, 2), "memory": memory, "compile": args.compile,
+        "batch_guidance": pipeline.batch_guidance,
         "transformer_parameters_m": round(parameters / 1e6, 1),
         "peak_rss_after_load_mib": round(peak_rss_mib()),
         **({"cuda_allocated_after_load_mib": round(torch.cuda.memory_allocated(device) / 2**20)}
@@ -342,7 +365,8 @@ def main(argv: list[str] | None = None) -> int:
         "runs": [],
     }
     print(f"{args.size} v1 on {device} ({report['machine']['dtype']}, {torch.get_num_threads()} "
-          f"threads): loaded in {load_s:.2f} s, transformer {parameters / 1e6:.0f} M parameters, "
+          f"threads, {memory}, batched guidance {'on' if pipeline.batch_guidance else 'off'}"
+          f"{', compiled' if args.compile else ''}): loaded in {load_s:.2f} s, transformer {parameters / 1e6:.0f} M parameters, "
           f"peak RSS {report['peak_rss_after_load_mib']} MiB")
     clock = StageClock(device)
     original_decode = pipeline.transformer.decode

@@ -146,3 +146,15 @@ def served_v1(tiny_v1, tiny_planner):
     """The app on the tiny ACE-Step v1 checkpoint, for one test module; the fixture's LoRA folder
     beside it is an allowed path."""
     yield from serve(tiny_v1, (tiny_v1.parent / "lora",), tiny_planner)
+
+
+def shared_managers(managers: dict):
+    """An `EngineManager` stand-in that hands out one manager per setting from `managers`, so
+    in-process CLI runs of a module load each model once."""
+    from ace_step_ui.engines import EngineManager
+
+    def manager(device, dtype, planner, speed):
+        key = (device, dtype, planner, speed)
+        return managers.setdefault(key, EngineManager(device, dtype, planner, speed=speed))
+
+    return manager

@@ -25,6 +25,7 @@ import soundfile as sf
 
 from ace_step_ui import cli, remote, tasks
 from ace_step_ui.engines import EngineManager
+from conftest import shared_managers
 
 USAGE, INVALID, UNAVAILABLE = 64, 65, 69
 BOTH = ("v1", "v15")
@@ -347,8 +348,7 @@ def engines() -> dict[tuple[str, str], EngineManager]:
 def in_process(engines, tmp_path, monkeypatch):
     """cli.main with one engine manager for the module, downloads in a folder of this test, and a
     connection to anything but loopback failing the test before a packet is sent."""
-    monkeypatch.setattr(cli, "EngineManager", lambda device, dtype, planner: engines.setdefault(
-        (device, dtype, planner), EngineManager(device, dtype, planner)))
+    monkeypatch.setattr(cli, "EngineManager", shared_managers(engines))
     work = tmp_path / "work"
     work.mkdir()
     monkeypatch.setattr(tasks, "work_dir", lambda: work)

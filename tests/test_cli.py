@@ -13,7 +13,7 @@ import soundfile as sf
 from ace_step_ui import audio as audio_ops
 from ace_step_ui import cli as cli_module
 from ace_step_ui.audio import read_audio, read_metadata
-from ace_step_ui.engines import EngineManager
+from conftest import shared_managers
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -128,9 +128,7 @@ def engines():
 @pytest.fixture
 def one_load_per_model(engines, monkeypatch):
     """In-process runs share an EngineManager, so each model loads once per module."""
-    monkeypatch.setattr(cli_module, "EngineManager",
-                        lambda device, dtype, planner: engines.setdefault(
-                            (device, dtype, planner), EngineManager(device, dtype, planner)))
+    monkeypatch.setattr(cli_module, "EngineManager", shared_managers(engines))
 
 
 def run_in_process(capsys, *args) -> tuple[int, list[str], list[str]]:

@@ -361,7 +361,7 @@ def recording(monkeypatch, tmp_path):
     folder = tmp_path / "recording-model"
     folder.mkdir()
     family = Family(name="recording", hub_ids=(), is_checkpoint=lambda path: path == folder,
-                    resolve=Path, load=lambda root, model, device, dtype: engine,
+                    resolve=Path, load=lambda root, model, device, dtype, speed: engine,
                     honoured=lambda model, task: engine.honoured(task))
     monkeypatch.setattr(engines, "_FAMILIES", [*families(), family])
     return engine, str(folder)

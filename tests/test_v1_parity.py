@@ -98,6 +98,21 @@ def test_case_matches_upstream(pipeline, v1_fixture_root, case):
         assert wav_diff <= WAV_ATOL, f"{name}: audio differs by {wav_diff:.3g}"
 
 
+@pytest.mark.parametrize("case", ["t2m_ui_defaults", "t2m_double_cond", "t2m_euler_cfgstar_interval1",
+                                  "t2m_heun_cfg", "repaint_1_3s"])
+def test_separate_guidance_passes_stay_within_the_parity_tolerances(pipeline, v1_fixture_root, case):
+    """Upstream's passes one forward each (the default batches them, ERG on the unconditional
+    items only): both within the fixture's tolerances."""
+    pipeline.batch_guidance = False
+    try:
+        out, _ = replay(pipeline, case, v1_fixture_root)
+    finally:
+        pipeline.batch_guidance = True
+    reference = refs(case)["final_latents.000"]
+    assert float((out.latents - reference).abs().max()) <= LATENT_ATOL
+    assert rms_rel(out.latents, reference) <= LATENT_RMS_REL
+
+
 def test_the_public_fixture_has_a_both_sides_extension():
     assert BOTH_SIDES  # so the fix below is exercised
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 from v1_fixture import FIXTURE, refs
 
+from ace_step_ui.v1.attention import cross_attention_bias
 from ace_step_ui.v1.transformer import (ACEStepTransformer, TransformerConfig, _patch_conv_as_matmul,
                                         is_training_only, training_only_shapes)
 from ace_step_ui.v1.weights import build_on_meta, load_weights
@@ -132,6 +133,23 @@ def test_erg_lyric_only_changes_the_lyric_tokens(model):
     prompt_end = 1 + conditions.text.shape[1]
     assert torch.equal(weakened[:, :prompt_end], plain[:, :prompt_end])
     assert (weakened[:, prompt_end:] - plain[:, prompt_end:]).abs().max().item() > 1e-3
+
+
+def test_per_item_erg_lyric_equals_each_branch_encoded_alone(model):
+    """The guidance branches encoded as one batch: ERG on the items marked, their own numbers."""
+    conditions = Conditions("t2m_euler_apg")
+    doubled = lambda tensor: torch.cat([tensor, tensor])  # noqa: E731
+    with torch.no_grad():
+        together, mask = model.encode(doubled(conditions.text), doubled(conditions.text_mask),
+                                      doubled(conditions.speaker), doubled(conditions.lyrics),
+                                      doubled(conditions.lyric_mask),
+                                      erg_lyric=torch.tensor([False, True]))
+        for item, erg in ((0, False), (1, True)):
+            alone, alone_mask = model.encode(conditions.text, conditions.text_mask,
+                                             conditions.speaker, conditions.lyrics,
+                                             conditions.lyric_mask, erg_lyric=erg)
+            assert relative_rms(together[item:item + 1], alone) < 1e-6
+            assert torch.equal(mask[item:item + 1], alone_mask)
 
 
 class PlusDelta(torch.nn.Module):
@@ -295,14 +313,16 @@ def test_feed_forward_runs_its_1x1_convolutions_as_gemms_with_the_same_result():
     assert relative_rms(got, reference) < 1e-6
 
 
+def decode_inputs(config: TransformerConfig, batch: int, seed: int):
+    """Random latents `[batch, 8, 16, 9]` and a condition of 11 tokens, every one real."""
+    torch.manual_seed(seed)
+    return (torch.randn(batch, 8, 16, 9), torch.ones(batch, 9),
+            torch.randn(batch, 11, config.inner_dim), torch.ones(batch, 11))
+
+
 def test_a_prepared_condition_gives_the_same_velocity_as_its_sequence(model):
     """The keys and values made once per song are the ones each call would compute."""
-    torch.manual_seed(0)
-    config = model.config
-    latents = torch.randn(2, 8, 16, 9)
-    frames = torch.ones(2, 9)
-    context = torch.randn(2, 11, config.inner_dim)
-    context_mask = torch.ones(2, 11)
+    latents, frames, context, context_mask = decode_inputs(model.config, 2, seed=0)
     context_mask[1, 7:] = 0
     timestep = torch.tensor([900.0, 300.0])
     for erg in (False, True):
@@ -310,3 +330,33 @@ def test_a_prepared_condition_gives_the_same_velocity_as_its_sequence(model):
         prepared = model.decode(latents, frames, model.condition(context), context_mask, timestep,
                                 erg_diffusion=erg)
         assert torch.equal(plain, prepared)
+
+
+def test_per_item_erg_equals_each_item_decoded_alone(model):
+    """The batched guidance's ERG branch: items marked get exactly their own numbers."""
+    latents, frames, context, context_mask = decode_inputs(model.config, 2, seed=1)
+    timestep = torch.tensor([700.0, 700.0])
+    together = model.decode(latents, frames, context, context_mask, timestep,
+                            erg_diffusion=torch.tensor([False, True]))
+    for item, erg in ((0, False), (1, True)):
+        alone = model.decode(latents[item:item + 1], frames[:1], context[item:item + 1],
+                             context_mask[:1], timestep[:1], erg_diffusion=erg)
+        assert relative_rms(together[item:item + 1], alone) < 1e-6
+    none_marked = model.decode(latents, frames, context, context_mask, timestep,
+                               erg_diffusion=torch.tensor([False, False]))
+    assert torch.equal(none_marked, model.decode(latents, frames, context, context_mask, timestep))
+
+
+def test_an_all_real_mask_runs_unmasked_with_the_masked_result(model):
+    """With every frame and token real, SDPA gets no mask (its fast kernel): same velocity."""
+    latents, frames, context, _ = decode_inputs(model.config, 1, seed=2)
+    config = model.config
+    timestep = torch.tensor([500.0])
+    assert cross_attention_bias(frames, torch.ones(1, 11)) is None
+    unmasked = model.decode(latents, frames, context, torch.ones(1, 11), timestep)
+    # The same numbers through the masked kernel: an extra token masked out changes nothing.
+    padded = torch.cat([context, torch.randn(1, 1, config.inner_dim)], dim=1)
+    padded_mask = torch.cat([torch.ones(1, 11), torch.zeros(1, 1)], dim=1)
+    assert cross_attention_bias(frames, padded_mask) is not None
+    masked = model.decode(latents, frames, padded, padded_mask, timestep)
+    assert relative_rms(unmasked, masked) < 1e-5

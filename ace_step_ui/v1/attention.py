@@ -8,12 +8,43 @@ every projection is an `nn.Linear` called as a module, so LoRA layers can wrap t
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 # Added to the linear-attention denominator (upstream's value); only matters for all-zero rows.
 LINEAR_ATTENTION_EPS = 1e-15
+
+
+@dataclass(frozen=True)
+class ItemScale:
+    """A query factor for some items of the batch only: ERG's null branch when the guidance
+    passes run as one batch."""
+
+    factor: float
+    items: torch.Tensor  # bool [B]
+
+
+QueryScale = float | ItemScale
+
+
+def scale_queries(query: torch.Tensor, scale: QueryScale) -> torch.Tensor:
+    """`query [B, S, H*D]` times `scale`; for an `ItemScale`, the items it names get exactly the
+    numbers they would get alone."""
+    if isinstance(scale, ItemScale):
+        return torch.where(scale.items[:, None, None], query * scale.factor, query)
+    return query * scale if scale != 1.0 else query
+
+
+def cross_attention_bias(mask: torch.Tensor, context_mask: torch.Tensor) -> torch.Tensor | None:
+    """The additive mask `[B, 1, S, L]` (0 where both the frame and the condition token are real,
+    -inf elsewhere), or None when every pair is real: SDPA then runs its unmasked (flash) kernel."""
+    if bool(mask.all()) and bool(context_mask.all()):
+        return None
+    pair_mask = mask[:, :, None] * context_mask[:, None, :]
+    return torch.where(pair_mask == 1, 0.0, -torch.inf)[:, None]
 
 
 def rotary_tables(length: int, head_dim: int, theta: float, device: torch.device,
@@ -60,12 +91,10 @@ class LinearSelfAttention(nn.Module):
         self.to_out = nn.ModuleList([nn.Linear(inner, dim)])
 
     def forward(self, hidden_states: torch.Tensor, mask: torch.Tensor,
-                rotary: tuple[torch.Tensor, torch.Tensor], query_scale: float = 1.0) -> torch.Tensor:
+                rotary: tuple[torch.Tensor, torch.Tensor], query_scale: QueryScale = 1.0) -> torch.Tensor:
         dtype = hidden_states.dtype
         batch, length, _ = hidden_states.shape
-        query = self.to_q(hidden_states)
-        if query_scale != 1.0:
-            query = query * query_scale
+        query = scale_queries(self.to_q(hidden_states), query_scale)
         query = apply_rotary(split_heads(query, self.heads), *rotary).transpose(-1, -2)  # [B,H,D,S]
         key = apply_rotary(split_heads(self.to_k(hidden_states), self.heads), *rotary)  # [B,H,S,D]
         value = split_heads(self.to_v(hidden_states), self.heads).transpose(-1, -2)  # [B,H,D,S]
@@ -107,21 +136,18 @@ class CrossAttention(nn.Module):
         key = apply_rotary(split_heads(self.to_k(context), self.heads), *context_rotary)
         return key, split_heads(self.to_v(context), self.heads)
 
-    def forward(self, hidden_states: torch.Tensor, mask: torch.Tensor, context: torch.Tensor,
-                context_mask: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor],
-                context_rotary: tuple[torch.Tensor, torch.Tensor], query_scale: float = 1.0,
+    def forward(self, hidden_states: torch.Tensor, bias: torch.Tensor | None, context: torch.Tensor,
+                rotary: tuple[torch.Tensor, torch.Tensor],
+                context_rotary: tuple[torch.Tensor, torch.Tensor], query_scale: QueryScale = 1.0,
                 keys_values: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """`bias`: `cross_attention_bias` of the frame and condition masks."""
         batch = hidden_states.shape[0]
-        query = self.to_q(hidden_states)
-        if query_scale != 1.0:
-            query = query * query_scale
+        query = scale_queries(self.to_q(hidden_states), query_scale)
         query = apply_rotary(split_heads(query, self.heads), *rotary)
         key, value = keys_values if keys_values is not None else self.keys_values(context,
                                                                                   context_rotary)
-
-        pair_mask = mask[:, :, None] * context_mask[:, None, :]
-        bias = torch.where(pair_mask == 1, 0.0, -torch.inf)
-        bias = bias[:, None].expand(-1, self.heads, -1, -1).to(query.dtype)
+        if bias is not None:
+            bias = bias.to(query.dtype)
         out = F.scaled_dot_product_attention(query, key, value, attn_mask=bias)
         out = out.transpose(1, 2).reshape(batch, -1, self.heads * query.shape[-1]).to(query.dtype)
         return self.to_out[0](out)

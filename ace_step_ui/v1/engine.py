@@ -27,6 +27,7 @@ from ..errors import InputError
 from ..requests import (CompleteRequest, CoverRequest, ExtractRequest, GenerateRequest, Request,
                         LegoRequest)
 from . import checkpoint
+from ..speed import Speed, checkpoint_mode
 from .autoencoder import LATENT_FRAMES_PER_SECOND
 from .pipeline import (EDIT_PRESETS, EditTarget, Sampling, V1Job, V1Pipeline,
                        check_audio2audio_steps, frames_of, latent_frames)
@@ -185,9 +186,12 @@ def unused_parameters(job: V1Job) -> frozenset[str]:
     return frozenset(unused)
 
 
-def load(root: Path, model: str, device: str, dtype: str) -> V1Engine:
+def load(root: Path, model: str, device: str, dtype: str, speed: Speed = Speed()) -> V1Engine:
     chosen = pick_device(device)
-    return V1Engine(V1Pipeline.load(root, chosen, pick_dtype(dtype, chosen)), model)
+    torch_dtype = pick_dtype(dtype, chosen)
+    offload = checkpoint_mode(speed.memory, root, chosen, torch_dtype) == "offload"
+    pipeline = V1Pipeline.load(root, chosen, torch_dtype, offload=offload, compile=speed.compile)
+    return V1Engine(pipeline, model)
 
 
 register(Family(name="ACE-Step v1", hub_ids=(checkpoint.HUB_ID,),

@@ -13,6 +13,8 @@ import math
 import torch
 from torch import nn
 
+from .attention import QueryScale, scale_queries
+
 WIDTH = 1024
 HEADS = 16
 FEED_FORWARD_WIDTH = 4096
@@ -67,12 +69,10 @@ class RelativePositionAttention(nn.Module):
         nn.init.xavier_uniform_(self.pos_bias_v)
 
     def forward(self, x: torch.Tensor, key_mask: torch.Tensor, position_table: torch.Tensor,
-                query_scale: float = 1.0) -> torch.Tensor:
+                query_scale: QueryScale = 1.0) -> torch.Tensor:
         """`x [B, T, W]`, `key_mask [B, 1, T]` (bool, True = real token), table `[1, 2T-1, W]`."""
         batch, length, _ = x.shape
-        query = self.linear_q(x)
-        if query_scale != 1.0:
-            query = query * query_scale
+        query = scale_queries(self.linear_q(x), query_scale)
         query = query.view(batch, length, self.heads, self.head_dim)  # [B, T, H, D]
         key = self.linear_k(x).view(batch, length, self.heads, self.head_dim).transpose(1, 2)
         value = self.linear_v(x).view(batch, length, self.heads, self.head_dim).transpose(1, 2)
@@ -110,7 +110,7 @@ class ConformerLayer(nn.Module):
         self.norm_mha = nn.LayerNorm(width, eps=LAYER_NORM_EPS)
 
     def forward(self, x: torch.Tensor, key_mask: torch.Tensor, position_table: torch.Tensor,
-                query_scale: float = 1.0) -> torch.Tensor:
+                query_scale: QueryScale = 1.0) -> torch.Tensor:
         x = x + self.self_attn(self.norm_mha(x), key_mask, position_table, query_scale)
         return x + self.feed_forward(self.norm_ff(x))
 
@@ -136,8 +136,9 @@ class LyricEncoder(nn.Module):
         self.after_norm = nn.LayerNorm(WIDTH, eps=LAYER_NORM_EPS)
 
     def forward(self, embeddings: torch.Tensor, mask: torch.Tensor,
-                query_scales: dict[int, float] | None = None) -> torch.Tensor:
-        """`query_scales` maps a layer index to a factor for its `self_attn.linear_q` output (ERG)."""
+                query_scales: dict[int, QueryScale] | None = None) -> torch.Tensor:
+        """`query_scales` maps a layer index to a factor for its `self_attn.linear_q` output (ERG):
+        for the whole batch or (an `ItemScale`) for some of its items."""
         query_scales = query_scales or {}
         key_mask = mask.to(torch.bool).unsqueeze(1)
         x = self.embed(embeddings) * math.sqrt(WIDTH)

@@ -22,7 +22,8 @@ from diffusers.models.embeddings import TimestepEmbedding, get_timestep_embeddin
 from torch import nn
 from torch.nn import functional as F
 
-from .attention import CrossAttention, LinearSelfAttention, rotary_tables
+from .attention import (CrossAttention, ItemScale, LinearSelfAttention, QueryScale,
+                        cross_attention_bias, rotary_tables)
 from .lyric_encoder import WIDTH as LYRIC_ENCODER_WIDTH
 from .lyric_encoder import LyricEncoder
 
@@ -134,9 +135,9 @@ class TransformerBlock(nn.Module):
         self.scale_shift_table = nn.Parameter(torch.randn(6, dim) / dim ** 0.5)  # upstream's init
 
     def forward(self, hidden_states: torch.Tensor, mask: torch.Tensor, context: torch.Tensor,
-                context_mask: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor],
+                cross_bias: torch.Tensor | None, rotary: tuple[torch.Tensor, torch.Tensor],
                 context_rotary: tuple[torch.Tensor, torch.Tensor], timestep_modulation: torch.Tensor,
-                query_scale: float = 1.0,
+                query_scale: QueryScale = 1.0,
                 keys_values: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         batch = hidden_states.shape[0]
         shift_attn, scale_attn, gate_attn, shift_ff, scale_ff, gate_ff = (
@@ -145,7 +146,7 @@ class TransformerBlock(nn.Module):
         attended = self.attn(modulate(rms_norm(hidden_states), shift_attn, scale_attn), mask, rotary,
                              query_scale)
         hidden_states = gate_attn * attended + hidden_states
-        hidden_states = self.cross_attn(hidden_states, mask, context, context_mask, rotary, context_rotary,
+        hidden_states = self.cross_attn(hidden_states, cross_bias, context, rotary, context_rotary,
                                         query_scale, keys_values) + hidden_states
         fed_forward = self.ff(modulate(rms_norm(hidden_states), shift_ff, scale_ff))
         return hidden_states + gate_ff * fed_forward
@@ -260,22 +261,34 @@ class ACEStepTransformer(nn.Module):
         self.final_layer = FinalLayer(dim, config.patch_size, config.out_channels)
 
     def encode(self, text_hidden_states: torch.Tensor, text_attention_mask: torch.Tensor,
-               speaker_embeds: torch.Tensor, lyric_token_ids: torch.Tensor, lyric_mask: torch.Tensor,
-               *, erg_lyric: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+               speaker_embeds: torch.Tensor, lyric_token_ids: torch.Tensor | None,
+               lyric_mask: torch.Tensor, *, erg_lyric: bool | torch.Tensor = False,
+               lyric_states: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The condition sequence [speaker token, prompt tokens, lyric tokens] and its mask.
 
-        `erg_lyric` scales the queries of lyric-encoder layers 4 and 5 by 0.01 (the ERG null branch).
+        The lyric part is `encode_lyrics` of the ids, or `lyric_states` made with it beforehand.
         The mask is float32 like upstream's (its speaker part is created in the default dtype).
         """
         batch = text_hidden_states.shape[0]
         speaker = self.speaker_embedder(speaker_embeds).unsqueeze(1)
         text = self.genre_embedder(text_hidden_states)
-        query_scales = {index: ERG_QUERY_SCALE for index in ERG_LYRIC_LAYERS} if erg_lyric else None
-        lyrics = self.lyric_encoder(self.lyric_embs(lyric_token_ids), lyric_mask, query_scales)
-        lyrics = self.lyric_proj(lyrics)
+        if lyric_states is None:
+            lyric_states = self.encode_lyrics(lyric_token_ids, lyric_mask, erg_lyric=erg_lyric)
         speaker_mask = torch.ones(batch, 1, device=text_hidden_states.device, dtype=torch.float32)
-        return (torch.cat([speaker, text, lyrics], dim=1),
+        return (torch.cat([speaker, text, lyric_states], dim=1),
                 torch.cat([speaker_mask, text_attention_mask, lyric_mask], dim=1))
+
+    def encode_lyrics(self, lyric_token_ids: torch.Tensor, lyric_mask: torch.Tensor, *,
+                      erg_lyric: bool | torch.Tensor = False) -> torch.Tensor:
+        """The lyric tokens' part of the condition `[B, L, D]`: the Conformer, then the projection.
+
+        `erg_lyric` scales the queries of lyric-encoder layers 4 and 5 by 0.01 (the ERG null
+        branch): for the whole batch, or (a bool `[B]`) for the items it marks.
+        """
+        scale = erg_query_scale(erg_lyric)
+        query_scales = {index: scale for index in ERG_LYRIC_LAYERS}
+        lyrics = self.lyric_encoder(self.lyric_embs(lyric_token_ids), lyric_mask, query_scales)
+        return self.lyric_proj(lyrics)
 
     def condition(self, encoder_hidden_states: torch.Tensor) -> Condition:
         """The cross-attention keys and values of every block for one condition sequence."""
@@ -288,13 +301,14 @@ class ACEStepTransformer(nn.Module):
 
     def decode(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor,
                encoder_hidden_states: torch.Tensor | Condition, encoder_hidden_mask: torch.Tensor,
-               timestep: torch.Tensor, *, erg_diffusion: bool = False) -> torch.Tensor:
+               timestep: torch.Tensor, *, erg_diffusion: bool | torch.Tensor = False) -> torch.Tensor:
         """Velocity `[B, out_channels, 16, T]` for latents `[B, 8, 16, T]` at `timestep [B]` (0..1000).
 
         `attention_mask [B, T]` marks real latent frames, `encoder_hidden_mask` real condition tokens.
         The condition is its sequence, or the `Condition` made of it once per song (the same
         result; the keys and values are not recomputed at each step).
-        `erg_diffusion` scales the self- and cross-attention queries of blocks 15-19 by 0.01.
+        `erg_diffusion` scales the self- and cross-attention queries of blocks 15-19 by 0.01: for
+        the whole batch, or (a bool `[B]`) for the items it marks.
         """
         condition = encoder_hidden_states if isinstance(encoder_hidden_states, Condition) else None
         if condition is not None:
@@ -310,9 +324,18 @@ class ACEStepTransformer(nn.Module):
         rotary = rotary_tables(tokens.shape[1], head_dim, theta, tokens.device, tokens.dtype)
         context_rotary = rotary_tables(encoder_hidden_states.shape[1], head_dim, theta,
                                        encoder_hidden_states.device, encoder_hidden_states.dtype)
+        cross_bias = cross_attention_bias(attention_mask, encoder_hidden_mask)
+        erg_scale = erg_query_scale(erg_diffusion)
         for index, block in enumerate(self.transformer_blocks):
-            query_scale = ERG_QUERY_SCALE if erg_diffusion and index in ERG_DIFFUSION_BLOCKS else 1.0
-            tokens = block(tokens, attention_mask, encoder_hidden_states, encoder_hidden_mask, rotary,
+            query_scale = erg_scale if index in ERG_DIFFUSION_BLOCKS else 1.0
+            tokens = block(tokens, attention_mask, encoder_hidden_states, cross_bias, rotary,
                            context_rotary, timestep_modulation, query_scale,
                            condition.keys_values[index] if condition is not None else None)
         return self.final_layer(tokens, timestep_embedding, width)
+
+
+def erg_query_scale(erg: bool | torch.Tensor) -> QueryScale:
+    """The ERG blocks' query factor: for every item (True), none (False), or the items marked."""
+    if isinstance(erg, torch.Tensor):
+        return ItemScale(ERG_QUERY_SCALE, erg) if bool(erg.any()) else 1.0
+    return ERG_QUERY_SCALE if erg else 1.0

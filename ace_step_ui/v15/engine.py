@@ -33,6 +33,7 @@ from ..engines import (DEFAULT_MODEL, V15_MODEL, EngineOutput, Family, StepCallb
 from ..errors import InputError
 from ..planning import AUDIO_CODE_PREFIX
 from ..hub import download, local_checkpoint, lora_file, require_files
+from ..speed import Speed, checkpoint_mode
 from ..requests import (CompleteRequest, CoverRequest, EditRequest, ExtractRequest,
                         GenerateRequest, InpaintRequest, LegoRequest, OutpaintRequest, Request,
                         is_instrumental)
@@ -109,14 +110,24 @@ def raise_not_v15(model: str, root: Path) -> None:
                                 f"(model_index.json does not name {PIPELINE_CLASS})")
 
 
-def load(root: Path, model: str, device: str = "auto", dtype: str = "auto") -> "AceStep15Engine":
+def load(root: Path, model: str, device: str = "auto", dtype: str = "auto",
+         speed: Speed = Speed()) -> "AceStep15Engine":
+    """diffusers' pipeline on `device`; in offload mode its parts wait in CPU memory and go to the
+    GPU in turn (diffusers' model offload, CUDA only); `speed.compile` compiles the DiT."""
     from diffusers import AceStepPipeline
 
     torch_device = pick_device(device)
     torch_dtype = pick_dtype(dtype, torch_device)
-    pipe = AceStepPipeline.from_pretrained(root, dtype=torch_dtype).to(torch_device)
+    pipe = AceStepPipeline.from_pretrained(root, dtype=torch_dtype)
+    mode = checkpoint_mode(speed.memory, root, torch_device, torch_dtype)
+    if mode == "offload" and torch_device.type == "cuda":
+        pipe.enable_model_cpu_offload(device=torch_device)
+    else:
+        pipe.to(torch_device)
+    if speed.compile:
+        pipe.transformer.compile(dynamic=None)
     pipe.set_progress_bar_config(disable=True)
-    return AceStep15Engine(pipe, model)
+    return AceStep15Engine(pipe, model, torch_device)
 
 
 def variant_of(model: str) -> str:
@@ -189,9 +200,11 @@ def blended_noise(shape: tuple[int, ...], seed: int, retake_seed: int, variance:
 
 
 class AceStep15Engine:
-    def __init__(self, pipe: Any, model_id: str):
+    def __init__(self, pipe: Any, model_id: str, device: torch.device | None = None):
         self.pipe = pipe
         self.model_id = model_id
+        # Where the DiT runs and the noise is drawn (in offload mode `pipe.device` is the CPU).
+        self.device = device or pipe.device
         self.sample_rate = int(pipe.sample_rate)
         self.frames_per_latent = round(pipe.sample_rate / pipe.latents_per_second)
         self.variant = "turbo" if pipe.is_turbo else "base"
@@ -222,7 +235,7 @@ class AceStep15Engine:
             task_kwargs["audio_codes"] = audio_codes
             settings["audio_codes"] = codes
         shape = (1, latent_frames, self.pipe.transformer.config.audio_acoustic_hidden_dim)
-        latents = blended_noise(shape, seed, seed, 0.0, self.pipe.device, self.pipe.transformer.dtype)
+        latents = blended_noise(shape, seed, seed, 0.0, self.device, self.pipe.transformer.dtype)
         wave = self._run(request, settings, seed, on_step, latents=latents,
                          audio_duration=latent_frames / self.pipe.latents_per_second if audio_codes
                          else request.duration, **song_metadata(request), **task_kwargs)
@@ -326,10 +339,10 @@ class AceStep15Engine:
         padded = fit_end(window, math.ceil(frames / hop) * hop)  # whole latent frames, exact lengths
         latent_frames = padded.shape[-1] // hop
         shape = (1, latent_frames, self.pipe.transformer.config.audio_acoustic_hidden_dim)
-        latents = blended_noise(shape, seed, retake_seed, variance, self.pipe.device,
+        latents = blended_noise(shape, seed, retake_seed, variance, self.device,
                                 self.pipe.transformer.dtype)
         # The VAE samples its posterior from the global RNG; seed it so a seed gives one song.
-        devices = [self.pipe.device] if self.pipe.device.type == "cuda" else []
+        devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)
             wave = self._run(request, settings, seed, on_step, src_audio=padded,
