@@ -78,9 +78,11 @@ def tiny_v1(tiny_v1_weights, lyric_vocab) -> Path:
 @pytest.fixture
 def steps_of(monkeypatch):
     """steps_of(manager): the (step, whether its job had been told to stop) of every diffusion step
-    `manager` runs from now on, as a list that fills as they run."""
+    `manager` runs from now on, as a list that fills as they run. With `pace`, each step of a job
+    not yet told to stop takes at least that many seconds more, so a long job is still running when
+    a test stops it however fast this machine is."""
 
-    def record(manager) -> list[tuple[int, bool]]:
+    def record(manager, pace: float = 0.0) -> list[tuple[int, bool]]:
         steps: list[tuple[int, bool]] = []
         original = manager.step_callback
 
@@ -88,6 +90,8 @@ def steps_of(monkeypatch):
             inner = original(report, stop)
 
             def on_step(step, total):
+                if pace:
+                    stop.wait(pace)  # ends early once the job is told to stop
                 steps.append((step, stop.is_set()))
                 inner(step, total)
 

@@ -226,7 +226,7 @@ def test_every_event_shows_its_error_once(page, sine_wav):
     expect(page.locator("#inpaint-tags textarea")).to_have_value("lofi")
 
 
-def test_stop_keeps_the_last_result_and_says_so(page, served):
+def test_stop_keeps_the_last_result_and_says_so(page, served, steps_of):
     fill_text(page, "generate-tags", "lofi")
     fill_number(page, "generate-duration", 1)
     fast_steps(page, "generate")
@@ -234,6 +234,7 @@ def test_stop_keeps_the_last_result_and_says_so(page, served):
     first = page.locator("#generate-result a[download]").get_attribute("href")
     fill_number(page, "generate-number_of_steps", 200)
     fill_number(page, "generate-duration", 2)
+    steps_of(served.manager, pace=0.05)
     page.locator("#generate-run").click()
     expect(page.locator("#generate-result")).to_contain_text("/200", timeout=RESULT_TIMEOUT_MS)
     page.locator("#generate-stop").click()
@@ -245,7 +246,7 @@ def test_stop_keeps_the_last_result_and_says_so(page, served):
 
 
 def test_closing_the_tab_stops_its_job(browser, served, steps_of):
-    steps = steps_of(served.manager)
+    steps = steps_of(served.manager, pace=0.05)
     page = browser.new_page()
     open_app(page, served.url)
     fill_text(page, "generate-tags", "lofi")

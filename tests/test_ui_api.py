@@ -208,7 +208,8 @@ def wait_until_free(manager, seconds: float = 30) -> float:
     return time.monotonic() - started
 
 
-def test_a_bad_request_is_refused_at_once_while_a_job_holds_the_model(served, client):
+def test_a_bad_request_is_refused_at_once_while_a_job_holds_the_model(served, client, steps_of):
+    steps_of(served.manager, pace=0.05)
     job = client.submit(tags="lofi", duration=2, number_of_steps=200, api_name="/generate")
     wait_for_progress(job)
     started = time.monotonic()
@@ -225,7 +226,7 @@ def test_a_bad_request_is_refused_at_once_while_a_job_holds_the_model(served, cl
 
 
 def test_a_cancelled_job_frees_the_model_at_its_next_step(served, client, steps_of):
-    steps = steps_of(served.manager)
+    steps = steps_of(served.manager, pace=0.05)
     job = client.submit(tags="lofi", duration=2, number_of_steps=200, api_name="/generate")
     wait_for_progress(job)
     assert job.cancel()
@@ -236,7 +237,8 @@ def test_a_cancelled_job_frees_the_model_at_its_next_step(served, client, steps_
     assert soundfile.info(path).frames == 48000  # and the next job runs
 
 
-def test_stop_reaches_only_the_callers_own_jobs(served, client):
+def test_stop_reaches_only_the_callers_own_jobs(served, client, steps_of):
+    steps_of(served.manager, pace=0.05)
     other = Client(served.url, verbose=False)
     job = client.submit(tags="lofi", duration=2, number_of_steps=200, api_name="/generate")
     wait_for_progress(job)
@@ -269,7 +271,8 @@ def test_advanced_shows_what_the_model_honours(tiny_v15, tiny_v15_base):
         "number_of_steps", *lora, "context_duration"]
 
 
-def test_stop_ends_the_running_job(served, client):
+def test_stop_ends_the_running_job(served, client, steps_of):
+    steps_of(served.manager, pace=0.05)
     manager = served.manager
     job = client.submit(tags="lofi", duration=2, number_of_steps=200, api_name="/generate")
     deadline = time.monotonic() + 60
@@ -434,7 +437,7 @@ def test_fifty_jobs_at_once_each_get_a_result_or_queue_full_in_order(served, sin
     correct result or a clear "queue full", none is lost, and they get the model in the order
     sent (a job still reading its source lets the ready ones behind it go first)."""
     slot_times = record_slot(served.manager.slot, monkeypatch)
-    steps = steps_of(served.manager)
+    steps = steps_of(served.manager, pace=0.05)
     abandoned = subprocess.Popen([sys.executable, "-c", ABANDONED_CLIENT, served.url],
                                  stdout=subprocess.PIPE, text=True)
     assert abandoned.stdout.readline().strip() == "running"
