@@ -41,11 +41,12 @@ class RemoteAccess:
         raise InputError(f"model '{_clip(shown)}' is not served here; choose one of: "
                          f"{', '.join(self.models)}")
 
-    def payload(self, payload: Mapping[str, Any], upload_folder: Path) -> dict[str, Any]:
+    def payload(self, payload: Mapping[str, Any], upload_folder: Path | None) -> dict[str, Any]:
         """`payload` with its file parameters checked and uploaded files given as their paths.
 
         An uploaded file arrives as gradio's file object ({"path": ...}); it must lie in
-        `upload_folder`. Anything naming a server path outside the allowed folders is refused.
+        `upload_folder` (None: the caller cannot upload, as on the REST routes). Anything naming a
+        server path outside the allowed folders is refused.
         """
         checked = dict(payload)
         for name in SOURCE_PARAMS:
@@ -61,19 +62,20 @@ class RemoteAccess:
                 if isinstance(payload.get(name), str) and payload[name]
                 and _inside(Path(payload[name]), [upload_folder])]
 
-    def _source(self, name: str, value: Any, upload_folder: Path) -> Any:
+    def _source(self, name: str, value: Any, upload_folder: Path | None) -> Any:
+        folders = [*([upload_folder] if upload_folder else []), *self.allowed_folders]
         if isinstance(value, Mapping):
             path = value.get("path")
             if not isinstance(path, str) or not path:
                 raise InputError(f"'{name}' is a file object without a path; {UPLOAD_HINT}")
-            if not _inside(Path(path), [upload_folder, *self.allowed_folders]):
+            if not _inside(Path(path), folders):
                 raise InputError(f"'{name}' names a file that was not uploaded; {UPLOAD_HINT}")
             return path
         if not isinstance(value, str) or not value.strip():
             return value  # parse_request says what is wrong with it
         if value.strip().lower().startswith("data:") or "://" in value[:16]:
             return value  # remote.py fetches it, or says which schemes it accepts
-        if _inside(Path(value.strip()), [upload_folder, *self.allowed_folders]):
+        if _inside(Path(value.strip()), folders):
             return value
         raise InputError(f"'{name}' names a file on the server, which a remote caller cannot "
                          f"use; {UPLOAD_HINT}")

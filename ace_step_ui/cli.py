@@ -4,11 +4,16 @@
     python -m ace_step_ui run inpaint --input @request.json --output-dir out --format flac
     python -m ace_step_ui run edit --input @edit.json --output-dir out --save-latents
     python -m ace_step_ui run prompt-to-audio --input '{"prompt": "a song about rain"}' --output-dir out
+    python -m ace_step_ui run acestep-ai/ace-step/audio-inpaint --input @request.json --output-dir out
+    python -m ace_step_ui run fal-ai/ace-step --input '{"tags": "lofi"}' --output-dir out --json
     python -m ace_step_ui tiny v1 DIR      (or: tiny v15 DIR --variant base, tiny planner DIR)
 
 Exit codes follow the hosted CLI: 0 success, 64 bad arguments, 65 input that fails validation,
 69 a model that cannot be loaded, 73 a result that cannot be written, 130 stopped. Errors are one
 line on stderr. An existing result is kept (the new one gets the next free name) unless --overwrite.
+A hosted model id (RunComfy's, fal's or WaveSpeed's) names the task and the model family: the
+`ace-step-1.5` ids run ACE-Step 1.5. With --json the hosted output is printed: {"audio": {"url",
+"content_type", "file_name", "file_size"}, "seed", "tags", "lyrics", "params"}.
 """
 
 from __future__ import annotations
@@ -21,8 +26,10 @@ from typing import Any, Sequence
 
 from . import speed, tasks
 from .audio import FORMATS
-from .engines import DEFAULT_MODEL, DEFAULT_PLANNER, DTYPES, HUB_PLANNERS, EngineManager, pick_device
+from .engines import (DEFAULT_MODEL, DEFAULT_PLANNER, DTYPES, HUB_PLANNERS, EngineManager,
+                      families, family_for, pick_device)
 from .errors import Cancelled, InputError, ModelUnavailableError
+from .hosted import example_ids, fal_output, is_model_id, parse_model_id
 from .requests import TASKS
 
 EXIT_OK, EXIT_USAGE, EXIT_DATA, EXIT_UNAVAILABLE, EXIT_STOPPED = 0, 64, 65, 69, 130
@@ -47,10 +54,14 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, parser_class=UsageParser)
     names = [cli_name(task) for task in TASKS]
     run = commands.add_parser("run", help=f"run {', '.join(names[:-1])} or {names[-1]}")
-    run.add_argument("task", type=task_name, choices=TASKS, metavar="{" + ",".join(names) + "}")
+    run.add_argument("task", type=task_name, metavar="TASK",
+                     help=f"{', '.join(names)}, or a hosted model id such as "
+                          f"{example_ids()[1]}")
     run.add_argument("--input", required=True, help="the request as JSON, or @file.json")
     run.add_argument("--output-dir", required=True, type=Path)
-    run.add_argument("--model", default=DEFAULT_MODEL, help="Hub model id or checkpoint folder")
+    run.add_argument("--model", default=None,
+                     help=f"Hub model id or checkpoint folder (default {DEFAULT_MODEL}, or for a "
+                          f"hosted ace-step-1.5 id the default ACE-Step 1.5 model)")
     run.add_argument("--planner", default=DEFAULT_PLANNER, metavar="ID_OR_FOLDER",
                      help="the 5 Hz LM that writes prompt-to-audio songs and thinks (ACE-Step 1.5 "
                           f"thinking): {', '.join(HUB_PLANNERS)}, a Hub repo id or a folder "
@@ -68,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--save-latents", action="store_true",
                      help="also write the final diffusion latents as <stem>.latents.safetensors "
                           "(ACE-Step v1)")
+    run.add_argument("--json", action="store_true",
+                     help="print the hosted output JSON (the audio's file:// URL, content type, "
+                          "name and size, the seed, tags, lyrics and params) instead of the path")
     run.add_argument("--overwrite", action="store_true",
                      help="replace a result of the same name (by default it is kept and the new "
                           "one is written as <stem>-2, <stem>-3, ...)")
@@ -84,7 +98,33 @@ def cli_name(task: str) -> str:
 
 
 def task_name(value: str) -> str:
-    return value.replace("-", "_")
+    """Our task name (either spelling), or a hosted model id as it is."""
+    if is_model_id(value):
+        try:
+            parse_model_id(value)
+        except InputError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+        return value.strip().strip("/")
+    if value.replace("-", "_") in TASKS:
+        return value.replace("-", "_")
+    raise argparse.ArgumentTypeError(
+        f"invalid choice: '{value}' (choose from {', '.join(cli_name(task) for task in TASKS)}, or "
+        f"a hosted model id such as {example_ids()[1]})")
+
+
+def task_and_model(target: str, model: str | None) -> tuple[str, str]:
+    """The task to run and the model to run it on. A hosted id names the family; the model is
+    --model when it is of that family, else the family's default."""
+    if not is_model_id(target):
+        return target, model or DEFAULT_MODEL
+    hosted = parse_model_id(target)
+    if model is None:
+        family = next(family for family in families() if family.name == hosted.family)
+        return hosted.task, family.hub_ids[0]
+    if family_for(model).name != hosted.family:
+        raise UsageError(f"python -m ace_step_ui run: {target} runs {hosted.family}, but --model "
+                         f"{model} is {family_for(model).name}")
+    return hosted.task, model
 
 
 def device_option(value: str) -> str:
@@ -133,6 +173,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run_command(args: argparse.Namespace) -> int:
+    task, model = task_and_model(args.task, args.model)
     payload = read_input(args.input)
     if args.output_dir.exists() and not args.output_dir.is_dir():
         raise UsageError(f"--output-dir: {args.output_dir} is a file, not a folder")
@@ -140,7 +181,7 @@ def run_command(args: argparse.Namespace) -> int:
                             speed=speed.from_arguments(args))
     speed.set_cpu_threads()
     progress = Progress()
-    result = tasks.run(args.task, payload, manager, args.model, on_step=progress.step,
+    result = tasks.run(task, payload, manager, model, on_step=progress.step,
                        need_latents=args.save_latents, on_phase=progress.phase)
     try:
         path = tasks.save_result(result, args.output_dir, args.format,
@@ -148,6 +189,12 @@ def run_command(args: argparse.Namespace) -> int:
     except OSError as error:
         raise CannotWrite(f"could not write the result in {args.output_dir}: "
                           f"{error.strerror or error}") from None
+    if args.json:
+        output = fal_output(path, path.resolve().as_uri(), result.seed, result.params)
+        if args.save_latents:
+            output["latents"] = {"url": tasks.latents_path(path).resolve().as_uri()}
+        print(json.dumps(output, ensure_ascii=False))
+        return EXIT_OK
     print(path)
     if args.save_latents:
         print(tasks.latents_path(path))

@@ -9,8 +9,10 @@ try:
 except ImportError:  # pragma: no cover - spaces is in requirements.txt, but stays optional
     spaces = None
 
+JOB_SECONDS = 120  # what one job may ask of ZeroGPU
 
-def gpu(duration: int = 120) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+
+def gpu(duration: int = JOB_SECONDS) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorate a function that needs the GPU; `spaces.GPU` returns it unchanged off ZeroGPU."""
     if spaces is None:
         return lambda function: function

@@ -31,14 +31,13 @@ from .access import RemoteAccess
 from .audio import FORMATS, header_duration_s, read_audio
 from .engines import EngineManager, family_for
 from .errors import Cancelled, InputError, ModelUnavailableError
-from .gpu import gpu
+from .gpu import JOB_SECONDS, gpu
 from .requests import ALIASES, TASKS, is_default, schema
 
 logger = logging.getLogger(__name__)
 
 PRESETS_FILE = Path(__file__).resolve().parent.parent / "examples" / "presets.json"
 QUEUE_SIZE = 32  # jobs waiting for or holding the model, all users together
-GPU_SECONDS = 120
 OUTPUT_TTL_S = 3600  # results (and gradio's copies of uploads) are kept this long
 SOURCE_MAX_S = 240.0  # the hosted ranges of start_time, end_time and the extensions
 DESCRIPTIONS = {
@@ -339,7 +338,7 @@ def _api_inputs(task: str) -> list[Api]:
 
 
 def _gpu_runner(manager: EngineManager) -> Callable[..., tuple[str, int, dict[str, Any]]]:
-    @gpu(duration=GPU_SECONDS)
+    @gpu(duration=JOB_SECONDS)
     def run_on_gpu(task: str, payload: dict[str, Any], model: str, fmt: str, owner: str,
                    progress: gr.Progress, stop: threading.Event, number: int
                    ) -> tuple[str, int, dict[str, Any]]:

@@ -57,9 +57,38 @@ def test_generate_inpaint_outpaint_write_audio_and_a_sidecar(tiny_v15, tmp_path)
     assert abs(longer.duration_s - 3.0) < 0.1
 
 
+def test_hosted_model_ids_run_their_task_and_json_prints_the_hosted_output(tiny_v15, tmp_path):
+    out = tmp_path / "out"
+    done = cli("run", "acestep-ai/ace-step-1.5/text-to-audio", "--input",
+               json.dumps({"tags": "lofi", "duration": 2, "number_of_steps": 1, "seed": 8}),
+               "--output-dir", out, "--model", tiny_v15, "--json", check_code=0)
+    output = json.loads(done.stdout)
+    song = out / output["audio"]["file_name"]
+    assert output["audio"]["url"] == song.resolve().as_uri()
+    assert output["audio"]["file_size"] == song.stat().st_size
+    assert output["audio"]["content_type"] == "audio/wav"
+    assert (output["seed"], output["tags"], output["lyrics"]) == (8, "lofi", "")
+    assert output["params"]["task"] == "generate" and output["params"]["model"] == str(tiny_v15)
+    assert sf.info(song).frames == 96000
+
+    inpaint = cli("run", "wavespeed-ai/ace-step-1.5/audio-inpaint", "--input",
+                  json.dumps({"audio": str(song), "tags": "jazz", "start_time": 0.5,
+                              "end_time": 1.5, "number_of_steps": 1}),
+                  "--output-dir", out, "--model", tiny_v15, check_code=0)
+    assert json.loads(Path(inpaint.stdout.strip()).with_suffix(".json").read_text())["task"] == "inpaint"
+
+    wrong = cli("run", "fal-ai/ace-step/audio-inpaint", "--input", "{}", "--output-dir", out,
+                "--model", tiny_v15)
+    assert wrong.returncode == 64
+    assert wrong.stderr.strip() == (f"python -m ace_step_ui run: fal-ai/ace-step/audio-inpaint runs "
+                                    f"ACE-Step v1, but --model {tiny_v15} is ACE-Step 1.5")
+
+
 @pytest.mark.parametrize("args, code, message", [
     (["run", "generate", "--output-dir", "x"], 64, "the following arguments are required: --input"),
     (["run", "remix", "--input", "{}", "--output-dir", "x"], 64, "invalid choice: 'remix'"),
+    (["run", "fal-ai/ace-step/remix", "--input", "{}", "--output-dir", "x"], 64,
+     "'fal-ai/ace-step/remix' is not a hosted ACE-Step model id; use one of"),
     (["run", "generate", "--input", "@/no/such.json", "--output-dir", "x"], 64, "cannot read"),
     (["run", "generate", "--input", "{not json", "--output-dir", "x"], 65, "--input is not valid JSON"),
     (["run", "generate", "--input", '{"tags": "x", "duration": 999}', "--output-dir", "x"], 65,
