@@ -173,18 +173,26 @@ class RestQueue:
             tasks.check(hosted.task, payload, model)
         except InputError as error:
             raise ApiError(422, str(error)) from None
-        if self.store.active(owner) >= self.queue_limit:
-            raise ApiError(429, f"this API key already has {self.queue_limit} jobs waiting or "
-                                f"running, the most this server takes from one key; send more when "
-                                f"some have finished")
+        self._check_limit(owner)  # early, before a data: URI is decoded for nothing
         sent = {name: _shown_source(value) if name in SOURCE_PARAMS else value
                 for name, value in body.items()}
         job_id, payload = await anyio.to_thread.run_sync(self._decode_data_uris, payload)
+        try:
+            self._check_limit(owner)  # again: no await from here to the job's row
+        except ApiError:
+            shutil.rmtree(self.sources_dir / job_id, ignore_errors=True)
+            raise
         ready = not any(_is_url(payload.get(name)) for name in SOURCE_PARAMS)
         job = self.store.add(owner, service, hosted.model_id, hosted.task, model, payload, sent,
                              fmt, ready, job_id=job_id)
         (self._wake if ready else self._fetch_wake).set()
         return job
+
+    def _check_limit(self, owner: str) -> None:
+        if self.store.active(owner) >= self.queue_limit:
+            raise ApiError(429, f"this API key already has {self.queue_limit} jobs waiting or "
+                                f"running, the most this server takes from one key; send more when "
+                                f"some have finished")
 
     def _decode_data_uris(self, payload: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         """A new job id, and `payload` with its data: URI sources written to the job's folder."""
