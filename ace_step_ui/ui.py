@@ -26,7 +26,7 @@ from gradio.components.api_component import Api
 from gradio.data_classes import FileData
 from gradio.utils import get_upload_folder
 
-from . import tasks
+from . import snippets, tasks
 from .access import RemoteAccess
 from .audio import FORMATS, header_duration_s, read_audio
 from .engines import EngineManager, family_for
@@ -37,6 +37,7 @@ from .requests import ALIASES, TASKS, is_default, schema
 logger = logging.getLogger(__name__)
 
 PRESETS_FILE = Path(__file__).resolve().parent.parent / "examples" / "presets.json"
+TAB_PRESETS_FILE = PRESETS_FILE.with_name("tab_presets.json")  # task -> presets for that tab
 QUEUE_SIZE = 32  # jobs waiting for or holding the model, all users together
 OUTPUT_TTL_S = 3600  # results (and gradio's copies of uploads) are kept this long
 SOURCE_MAX_S = 240.0  # the hosted ranges of start_time, end_time and the extensions
@@ -70,6 +71,7 @@ JSON_TYPES: dict[str, dict[str, Any]] = {
     "int_list": {"anyOf": [{"type": "array", "items": {"type": "integer"}}, {"type": "string"}]},
 }
 OSS_PLACEHOLDER = "e.g. 16, 29, 52, 76, 100"
+PRESET_PARAMS = ("number_of_steps", "guidance_scale")  # what a model may preset differently
 LYRICS_HINT = ("Put section markers on their own lines: `[verse]`, `[chorus]`, `[bridge]`, "
                "`[outro]`. Write just `[inst]` for an instrumental; leave blank to let the model "
                "decide.")
@@ -112,6 +114,22 @@ def advanced_params(task: str) -> list[str]:
     return [name for name, spec in schema(task).items() if spec["advanced"]]
 
 
+def model_presets(model: str, task: str) -> dict[str, Any]:
+    """The values `model` runs unset parameters of `task` with, where they differ from the hosted
+    defaults (what the form shows for it)."""
+    try:
+        return family_for(model).presets(model, task)
+    except (InputError, ModelUnavailableError):
+        return {}
+
+
+def family_name(model: str) -> str:
+    try:
+        return family_for(model).name
+    except (InputError, ModelUnavailableError):
+        return ""
+
+
 def visible_advanced(model: str, task: str) -> list[str]:
     """The Advanced parameters of `task` that `model` honours: the ones worth showing."""
     advanced = advanced_params(task)
@@ -122,12 +140,23 @@ def visible_advanced(model: str, task: str) -> list[str]:
     return [name for name in advanced if name in applied]
 
 
-def load_presets(path: Path = PRESETS_FILE) -> list[dict[str, Any]]:
+def load_presets(path: Path = PRESETS_FILE) -> Any:
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         logger.warning("no examples: cannot read %s", path)
         return []
+
+
+def tab_presets(tab: "_Tab", presets: list[dict[str, Any]]) -> None:
+    """A tab's presets: each fills the fields it names."""
+    if not presets:
+        return
+    fields = [name for name in presets[0] if name != "name"]
+    gr.Examples([[preset[name] for name in fields] for preset in presets],
+                [tab.inputs[name] for name in fields],
+                example_labels=[preset["name"] for preset in presets], cache_examples=False,
+                preload=False, api_visibility="private", label="Presets")
 
 
 def source_seconds(path: str | None) -> float | None:
@@ -279,8 +308,13 @@ def _endpoint(task: str, jobs: _Jobs, from_api: bool) -> Callable[..., Any]:
         if from_api:
             payload = {name: value for name, value in given.items() if value is not None}
         else:
+            try:
+                presets = model_presets(jobs.access.model(model), task)
+            except InputError:
+                presets = {}  # submit says what is wrong with the model
             payload = {name: value for name, value in given.items()
-                       if not (name in advanced and is_default(task, name, value))}
+                       if not (name in advanced and (is_default(task, name, value)
+                                                     or _is_preset(presets, name, value)))}
         return await jobs.submit(task, payload, model, fmt, request, progress, from_api)
 
     positional = inspect.Parameter.POSITIONAL_OR_KEYWORD
@@ -298,6 +332,14 @@ def _endpoint(task: str, jobs: _Jobs, from_api: bool) -> Callable[..., Any]:
     endpoint.__doc__ = (DESCRIPTIONS[task] + "\n\nArgs:\n"
                         + "\n".join(f"    {name}: {_help(task, name)}" for name in names))
     return endpoint
+
+
+def _is_preset(presets: dict[str, Any], name: str, value: Any) -> bool:
+    """Whether the form shows the model's own preset for `name`, so that it is not sent."""
+    try:
+        return name in presets and float(value) == float(presets[name])
+    except (TypeError, ValueError):
+        return False
 
 
 def _endpoint_names(task: str, from_api: bool) -> list[str]:
@@ -424,7 +466,10 @@ class _Tab:
         self.inputs: dict[str, gr.Component] = {}
 
     def add(self, name: str, **overrides: Any) -> gr.Component:
-        self.inputs[name] = _component(self.task, name, self.spec[name], **overrides)
+        spec = self.spec[name]
+        if "value" in overrides:  # the model's own preset, shown in place of the hosted default
+            spec = {**spec, "default": overrides.pop("value")}
+        self.inputs[name] = _component(self.task, name, spec, **overrides)
         return self.inputs[name]
 
     def song_fields(self) -> None:
@@ -433,18 +478,20 @@ class _Tab:
                  placeholder="[verse]\nFirst line of the verse\n\n[chorus]\nThe hook")
 
     def seed_field(self) -> None:
-        with gr.Row(equal_height=True):
+        with gr.Row(elem_classes="inline-button-row"):
             self.add("seed", scale=4)
-            self.dice = gr.Button("🎲 Random", scale=0, min_width=110, size="sm",
+            self.dice = gr.Button("Random", scale=0, min_width=90, size="sm",
                                   elem_id=f"{self.task}-random-seed")
         self.dice.click(lambda: -1, None, self.inputs["seed"], **UI_EVENT)
 
     def advanced(self, model: str) -> None:
         visible = visible_advanced(model, self.task)
+        presets = model_presets(model, self.task)
         with gr.Accordion("Advanced", open=False, elem_id=f"{self.task}-advanced"):
             gr.Markdown(ADVANCED_NOTE)
             for name in advanced_params(self.task):
-                self.add(name, visible=name in visible)
+                self.add(name, visible=name in visible,
+                         **({"value": presets[name]} if name in presets else {}))
 
     def song_controls(self, model: str, before_seed: tuple[str, ...] = ()) -> None:
         """What every tab ends its inputs with: the song, the seed, Advanced and the buttons."""
@@ -482,19 +529,32 @@ class _Tab:
     def outputs(self) -> None:
         self.result = gr.Audio(label="Result", type="filepath", interactive=False,
                                buttons=["download"], elem_id=f"{self.task}-result")
-        with gr.Row(equal_height=True):
-            self.seed_used = gr.Number(None, label="Seed used", precision=0, interactive=False,
-                                       elem_id=f"{self.task}-seed-used", scale=4)
-            self.reuse = gr.Button("Reuse seed", scale=0, min_width=110, size="sm",
-                                   elem_id=f"{self.task}-reuse-seed")
-        self.written_outputs()
-        with gr.Row():
-            self.to_inpaint = gr.Button("Edit in Inpaint", size="sm",
-                                        elem_id=f"{self.task}-to-inpaint")
-            self.to_outpaint = gr.Button("Extend in Outpaint", size="sm",
-                                         elem_id=f"{self.task}-to-outpaint")
-            self.to_edit = gr.Button("Remix in Edit", size="sm", elem_id=f"{self.task}-to-edit")
-        self.params = gr.JSON(label="Params", height=360, elem_id=f"{self.task}-params")
+        # What only means something once there is a result: hidden until the first one.
+        with gr.Column(visible=False, elem_id=f"{self.task}-after") as self.after:
+            with gr.Row(elem_classes="inline-button-row"):
+                self.seed_used = gr.Number(None, label="Seed used", precision=0, interactive=False,
+                                           elem_id=f"{self.task}-seed-used", scale=4)
+                self.reuse = gr.Button("Reuse seed", scale=0, min_width=90, size="sm",
+                                       elem_id=f"{self.task}-reuse-seed")
+            self.written_outputs()
+            with gr.Row():
+                self.to_inpaint = gr.Button("Edit in Inpaint", size="sm",
+                                            elem_id=f"{self.task}-to-inpaint")
+                self.to_outpaint = gr.Button("Extend in Outpaint", size="sm",
+                                             elem_id=f"{self.task}-to-outpaint")
+                self.to_edit = gr.Button("Remix in Edit", size="sm",
+                                         elem_id=f"{self.task}-to-edit")
+            self.summary = gr.Markdown(elem_id=f"{self.task}-summary")
+            with gr.Accordion("All params (JSON)", open=False, elem_id=f"{self.task}-params-json"):
+                self.params = gr.JSON(label="Params", height=360, elem_id=f"{self.task}-params")
+            with gr.Accordion("Copy as API call", open=False, elem_id=f"{self.task}-api-call"):
+                self.calls = [
+                    gr.Code(label="Python (gradio_client)", language="python", interactive=False,
+                            elem_id=f"{self.task}-call-python"),
+                    gr.Code(label="curl (REST, RunComfy shape)", language="shell",
+                            interactive=False, elem_id=f"{self.task}-call-curl"),
+                    gr.Code(label="Command line", language="shell", interactive=False,
+                            elem_id=f"{self.task}-call-cli")]
         self.reuse.click(lambda seed: seed, self.seed_used, self.inputs["seed"], **UI_EVENT)
 
     def written_outputs(self) -> None:
@@ -550,6 +610,34 @@ def _open_in_generate(params: dict[str, Any] | None) -> tuple[Any, ...]:
             gr.Tabs(selected="generate"))
 
 
+def _after_result(result: str | None, params: dict[str, Any] | None,
+                  request: gr.Request) -> tuple[Any, ...]:
+    """Show what goes with a result: the seed, the send buttons, the summary and the API calls."""
+    if not result or not params:
+        return (gr.Column(visible=bool(result)), *[gr.skip()] * 4)
+    family = family_name(params.get("model", ""))
+    base = _page_url(request)
+    return (gr.Column(visible=True), snippets.summary(params, family),
+            snippets.python_call(params, base), snippets.curl_call(params, base, family),
+            snippets.cli_call(params))
+
+
+def _model_label(model: str) -> str:
+    """A local folder by its name (a full path gets cut on a phone); a Hub id as it is."""
+    folder = Path(model).expanduser()
+    if model.startswith(("/", ".", "~")) or folder.is_dir():
+        return f"{folder.name} (local folder)"
+    return model
+
+
+def _page_url(request: gr.Request | None) -> str:
+    """The app's address as the visitor reached it."""
+    headers = getattr(request, "headers", None) or {}
+    host = headers.get("x-forwarded-host") or headers.get("host") or "127.0.0.1:7860"
+    scheme = headers.get("x-forwarded-proto") or "http"
+    return f"{scheme}://{host}/"
+
+
 def _written(params: dict[str, Any] | None) -> tuple[str, str]:
     params = params or {}
     return params.get("tags", ""), params.get("lyrics", "")
@@ -573,7 +661,8 @@ def build_app(manager: EngineManager, default_model: str, models: list[str],
                     "of a track (Inpaint), extend it (Outpaint), remix it (Edit), sing it anew "
                     "(Cover) or work on its tracks (Stems) with ACE-Step.")
         with gr.Row():
-            model = gr.Dropdown(choices, value=default_model, label="Model", elem_id="model",
+            model = gr.Dropdown([(_model_label(choice), choice) for choice in choices],
+                                value=default_model, label="Model", elem_id="model",
                                 scale=3, info="The models this server offers; a model loads on "
                                               "its first run (downloading it if needed).")
             fmt = gr.Radio(list(FORMATS), value="wav", label="Format", elem_id="format", scale=1,
@@ -581,7 +670,9 @@ def build_app(manager: EngineManager, default_model: str, models: list[str],
                                 "edited range bit-exact (FLAC for 16- and 24-bit sources); MP3 is "
                                 "lossy.")
 
-        with gr.Tabs() as tab_group:
+        by_task = load_presets(TAB_PRESETS_FILE) or {}
+        # wrap: on a phone every tab stays in sight, on a second line, not in an overflow menu
+        with gr.Tabs(overflow_behavior="wrap") as tab_group:
             with gr.Tab("Generate", id="generate"):
                 tab = tabs["generate"]
                 with gr.Row():
@@ -589,17 +680,13 @@ def build_app(manager: EngineManager, default_model: str, models: list[str],
                         tab.song_controls(default_model, before_seed=("duration",))
                     with gr.Column(scale=2):
                         tab.outputs()
-                presets = load_presets()
-                if presets:
-                    gr.Examples([[p["tags"], p["lyrics"], p["duration"]] for p in presets],
-                                [tab.inputs["tags"], tab.inputs["lyrics"], tab.inputs["duration"]],
-                                example_labels=[p["name"] for p in presets], cache_examples=False,
-                                preload=False, api_visibility="private", label="Presets")
+                tab_presets(tab, load_presets())
 
             with gr.Tab("Prompt to audio", id="prompt_to_audio"):
                 prompt_tab = tabs["prompt_to_audio"]
                 assert isinstance(prompt_tab, _PromptTab)
                 prompt_tab.layout(default_model)
+                tab_presets(prompt_tab, by_task.get("prompt_to_audio", []))
 
             with gr.Tab("Inpaint", id="inpaint"):
                 tab = tabs["inpaint"]
@@ -624,6 +711,7 @@ def build_app(manager: EngineManager, default_model: str, models: list[str],
                 start_here.click(_playhead, source, [start, start_anchor], **UI_EVENT)
                 end_here.click(_playhead, source, [end, end_anchor], **UI_EVENT)
                 source.change(_fit_range, [source, start, end], [start, end], **UI_EVENT)
+                tab_presets(tab, by_task.get("inpaint", []))
 
             with gr.Tab("Outpaint", id="outpaint"):
                 tab = tabs["outpaint"]
@@ -636,6 +724,7 @@ def build_app(manager: EngineManager, default_model: str, models: list[str],
                         tab.song_controls(default_model)
                     with gr.Column(scale=2):
                         tab.outputs()
+                tab_presets(tab, by_task.get("outpaint", []))
 
             with gr.Tab("Edit", id="edit"):
                 edit_fields = {"edit_mode": {},
@@ -645,18 +734,21 @@ def build_app(manager: EngineManager, default_model: str, models: list[str],
                 tabs["edit"].source_layout(default_model, edit_fields, DESCRIPTIONS["edit"]
                                            + " Give the tags and lyrics the track was made with, "
                                              "then the new ones.")
+                tab_presets(tabs["edit"], by_task.get("edit", []))
 
             with gr.Tab("Cover", id="cover"):
                 tabs["cover"].source_layout(default_model, {"audio_cover_strength": {}},
                                             DESCRIPTIONS["cover"])
+                tab_presets(tabs["cover"], by_task.get("cover", []))
 
             with gr.Tab("Stems", id="stems"):
                 gr.Markdown(STEMS_NOTE)
-                with gr.Tabs():
+                with gr.Tabs(overflow_behavior="wrap"):
                     for task, field in (("extract", "track_name"), ("lego", "track_name"),
                                         ("complete", "track_classes")):
                         with gr.Tab(task.capitalize(), id=task):
                             tabs[task].source_layout(default_model, {field: {}}, DESCRIPTIONS[task])
+                            tab_presets(tabs[task], by_task.get(task, []))
 
         for task, tab in tabs.items():
             outputs = [tab.result, tab.seed_used, tab.params]
@@ -667,6 +759,8 @@ def build_app(manager: EngineManager, default_model: str, models: list[str],
                                 api_name=f"{task}_form", api_visibility="private",
                                 preprocess=False, concurrency_limit=None,
                                 show_progress_on=tab.result)
+            ran.success(_after_result, [tab.result, tab.params],
+                        [tab.after, tab.summary, *tab.calls], **UI_EVENT)
             if isinstance(tab, _PromptTab):
                 ran.success(_written, tab.params, tab.song(), **UI_EVENT)
             with gr.Column(visible=False):
@@ -687,8 +781,12 @@ def build_app(manager: EngineManager, default_model: str, models: list[str],
         advanced = [tab.inputs[name] for tab in tabs.values() for name in advanced_params(tab.task)]
 
         def show_honoured(chosen: str) -> list[Any]:
+            """The chosen model's parameters, at its own presets (8 steps on a turbo model)."""
             shown = {task: visible_advanced(chosen or "", task) for task in tabs}
-            return [gr.update(visible=name in shown[task])
+            presets = {task: model_presets(chosen or "", task) for task in tabs}
+            return [gr.update(visible=name in shown[task],
+                              **({"value": presets[task].get(name, schema(task)[name]["default"])}
+                                 if name in PRESET_PARAMS else {}))
                     for task in tabs for name in advanced_params(task)]
 
         model.change(show_honoured, model, advanced, **UI_EVENT)
@@ -696,6 +794,15 @@ def build_app(manager: EngineManager, default_model: str, models: list[str],
     # The jobs bound themselves (QUEUE_SIZE); the gradio queue only carries the quick UI events.
     demo.queue(max_size=4 * QUEUE_SIZE, default_concurrency_limit=None)
     return demo
+
+
+# A small button beside a field sits on the field's baseline at its own height, rather than
+# stretching to the field's box (gradio's rows stretch their children).
+CSS = """
+.inline-button-row { align-items: flex-end; }
+.inline-button-row > button { flex-grow: 0; align-self: flex-end; height: auto;
+                              margin-bottom: var(--block-padding, 8px); }
+"""
 
 
 MAX_UPLOAD = "1100mb"  # a 60-minute 48 kHz 24-bit stereo WAV (1.04 GB), the longest source
@@ -706,4 +813,5 @@ def launch_options() -> dict[str, Any]:
     # show_error: gradio's own refusals (a file that was not uploaded, a file too large) reach the
     # caller with their message; ours are gr.Error already.
     return dict(theme=gr.themes.Soft(), footer_links=["api", "gradio", "settings"],
-                max_file_size=MAX_UPLOAD, show_error=True)
+                max_file_size=MAX_UPLOAD, show_error=True, css=CSS)
+

@@ -6,9 +6,12 @@ skipping them. Screenshots of each tab land in the test's tmp_path.
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import re
 import time
+from pathlib import Path
 
 import pytest
 import soundfile
@@ -22,6 +25,9 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                  "--disable-background-networking", "--disable-component-update", "--no-first-run",
                  "--mute-audio"]
 RESULT_TIMEOUT_MS = 60_000
+# Screenshots a reviewer looks at, kept after the run (gitignored).
+ARTIFACTS = Path(os.environ.get("ACE_STEP_TEST_ARTIFACTS",
+                                Path(__file__).resolve().parents[1] / "test-artifacts"))
 AUDIO_MAGIC = (b"RIFF", b"fLaC", b"ID3")
 
 
@@ -100,6 +106,11 @@ def run_and_check_result(page: Page, task: str) -> int:
     return int(seed.input_value())
 
 
+def open_params(page: Page, task: str) -> None:
+    """Unfold the result's full params (JSON)."""
+    page.locator(f"#{task}-params-json").get_by_text("All params (JSON)").click()
+
+
 def test_generate_tab(page, tmp_path):
     page.get_by_role("button", name="Lo-fi study beat").click()
     expect(page.locator("#generate-tags textarea")).to_have_value(re.compile("lofi hip hop"))
@@ -109,6 +120,7 @@ def test_generate_tab(page, tmp_path):
     fill_number(page, "generate-seed", 42)
     fast_steps(page, "generate")
     assert run_and_check_result(page, "generate") == 42
+    open_params(page, "generate")
     expect(page.locator("#generate-params")).to_contain_text("generate")
     page.screenshot(path=tmp_path / "generate.png", full_page=True)
 
@@ -161,6 +173,7 @@ def test_cover_tab(page, sine_wav, tmp_path):
     fill_number(page, "cover-audio_cover_strength", 0.6)
     fast_steps(page, "cover")
     run_and_check_result(page, "cover")
+    open_params(page, "cover")
     expect(page.locator("#cover-params")).to_contain_text("audio_cover_strength")
     page.screenshot(path=tmp_path / "cover.png", full_page=True)
 
@@ -200,6 +213,61 @@ def test_advanced_follows_the_selected_model(page):
     page.get_by_role("option", name="ACE-Step/acestep-v15-xl-base-diffusers").click()
     expect(page.locator("#generate-guidance_scale")).to_be_visible()
     expect(page.locator("#generate-scheduler")).to_be_hidden()  # no engine applies it yet
+    # The fields show the chosen model's own presets: 1.5 base runs 50 steps at guidance 7.
+    expect(page.locator("#generate-number_of_steps input[type=number]")).to_have_value("50")
+    expect(page.locator("#generate-guidance_scale input[type=number]")).to_have_value("7")
+    page.locator("#model input").click()
+    page.get_by_role("option", name="ACE-Step/ACE-Step-v1-3.5B").click()
+    expect(page.locator("#generate-number_of_steps input[type=number]")).to_have_value("27")
+    expect(page.locator("#generate-scheduler")).to_be_visible()
+
+
+def screenshot(page: Page, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=ARTIFACTS / f"{name}.png", full_page=True)
+
+
+def code_in(page: Page, elem_id: str) -> str:
+    return page.locator(f"#{elem_id} .cm-content").inner_text()
+
+
+def test_a_result_brings_its_seed_summary_and_api_calls(page, served):
+    """Before a result: no seed, no send buttons; the steps show the turbo model's 8, and Random is
+    a small text button. After: the summary, and API calls that replay the same audio."""
+
+    for hidden in ("seed-used", "reuse-seed", "to-inpaint", "to-outpaint", "to-edit", "summary"):
+        expect(page.locator(f"#generate-{hidden}")).to_be_hidden()
+    page.locator("#generate-advanced").get_by_text("Advanced").click()
+    expect(page.locator("#generate-number_of_steps input[type=number]")).to_have_value("8")
+    dice = page.locator("#generate-random-seed")
+    expect(dice).to_have_text("Random")
+    assert dice.bounding_box()["height"] < 0.6 * page.locator("#generate-seed").bounding_box()["height"]
+    screenshot(page, "generate-before-a-result")
+
+    fill_text(page, "generate-tags", "lofi, tape hiss")
+    fill_number(page, "generate-duration", 1)
+    seed = run_and_check_result(page, "generate")
+    summary = page.locator("#generate-summary")
+    expect(summary).to_contain_text(f"seed {seed}")
+    expect(summary).to_contain_text("8 steps")  # the preset ran: it was not sent
+    expect(summary).to_contain_text(f"ACE-Step 1.5 {Path(served.model).name}")
+    for shown in ("seed-used", "to-inpaint", "to-outpaint", "to-edit"):
+        expect(page.locator(f"#generate-{shown}")).to_be_visible()
+    page.locator("#generate-api-call").get_by_text("Copy as API call").click()
+    python = code_in(page, "generate-call-python")
+    curl = code_in(page, "generate-call-curl")
+    cli = code_in(page, "generate-call-cli")
+    assert f"seed={seed}" in python and "api_name='/generate'" in python
+    assert "number_of_steps" not in python  # what the form left at the model's preset
+    assert "/v1/models/acestep-ai/ace-step-1.5/text-to-audio" in curl
+    assert cli.startswith("python -m ace_step_ui run generate")
+    screenshot(page, "generate-after-a-result")
+
+    scope: dict = {}
+    exec(python, scope)  # the snippet as a user pastes it, against this server
+    shown = page.request.get(page.locator("#generate-result a[download]").get_attribute("href"))
+    assert soundfile.read(scope["path"])[0].tobytes() == soundfile.read(
+        io.BytesIO(shown.body()))[0].tobytes()
 
 
 def toasts(page: Page):
@@ -207,8 +275,6 @@ def toasts(page: Page):
 
 
 def test_every_event_shows_its_error_once(page, sine_wav):
-    page.locator("#generate-to-inpaint").click()  # nothing to send yet
-    expect(toasts(page)).to_contain_text("there is no result yet to send")
     page.get_by_role("tab", name="Inpaint").click()
     page.locator("#inpaint-start-playhead").click()  # no source yet
     expect(toasts(page)).to_contain_text("upload the source audio first")
@@ -219,9 +285,9 @@ def test_every_event_shows_its_error_once(page, sine_wav):
     fill_text(page, "inpaint-tags", "lofi")
     page.locator("#inpaint-run").click()  # the range is checked against the source on the server
     expect(toasts(page)).to_contain_text("the edited range must be at least 1 s long")
-    # One message (the toast) and one status, on the result only.
-    for output in ("inpaint-seed-used", "inpaint-params"):
-        expect(page.locator(f"#{output}")).not_to_contain_text("Error")
+    # One message (the toast) and one status, on the result only: what goes with a result
+    # (the seed used, the params) stays hidden.
+    expect(page.locator("#inpaint-after")).to_be_hidden()
     expect(page.locator("#inpaint-result")).to_contain_text("Error")
     expect(page.locator("#inpaint-tags textarea")).to_have_value("lofi")
 
@@ -326,6 +392,7 @@ def test_fals_prompt_to_audio_example_on_every_surface(page, served, tmp_path, c
     expect(page.locator("#prompt_to_audio-written-tags textarea")).to_have_value(from_cli["tags"])
     expect(page.locator("#prompt_to_audio-written-lyrics textarea")).to_have_value(
         from_cli["lyrics"])
+    open_params(page, "prompt_to_audio")
     expect(page.locator("#prompt_to_audio-params")).to_contain_text("generate_request")
     page.screenshot(path=tmp_path / "prompt_to_audio.png", full_page=True)
 
@@ -337,3 +404,29 @@ def test_fals_prompt_to_audio_example_on_every_surface(page, served, tmp_path, c
     expect(page.locator("#generate-seed input[type=number]")).to_have_value(str(example["seed"]))
     expect(page.locator("#generate-duration input[type=number]")).to_have_value(
         str(example["duration"]))
+
+
+def test_a_phone_sees_every_tab_and_the_model_name(browser, served):
+    page = browser.new_page(viewport={"width": 375, "height": 812}, color_scheme="dark")
+    try:
+        open_app(page, served.url)
+        for name in ("Generate", "Prompt to audio", "Inpaint", "Outpaint", "Edit", "Cover", "Stems"):
+            tab = page.get_by_role("tab", name=name, exact=True)
+            expect(tab).to_be_visible()  # none hides in an overflow menu
+            box = tab.bounding_box()
+            assert box["x"] >= 0 and box["x"] + box["width"] <= 375, (name, box)
+        assert page.evaluate("document.documentElement.scrollWidth") <= 375  # nothing sticks out
+        model = page.locator("#model input")
+        expect(model).to_have_value(f"{Path(served.model).name} (local folder)")
+        assert model.evaluate("box => box.scrollWidth <= box.clientWidth")  # not cut
+        # dark mode follows the system's
+        background = page.evaluate("getComputedStyle(document.querySelector('gradio-app') || "
+                                   "document.body).backgroundColor")
+        red, green, blue = map(int, re.findall(r"\d+", background)[:3])
+        assert red + green + blue < 3 * 100, background
+        screenshot(page, "phone-375-dark")
+        page.get_by_role("tab", name="Edit", exact=True).click()
+        expect(page.locator("#edit-run")).to_be_visible()
+        screenshot(page, "phone-375-edit")
+    finally:
+        page.close()

@@ -118,6 +118,7 @@ def run_and_read_params(page: Page, task: str) -> dict[str, Any]:
     assert response.ok and response.body()[:4] == b"RIFF", response.body()[:16]
     seed_used = page.locator(f"#{task}-seed-used input")
     expect(seed_used).to_have_value(re.compile(r"^\d+$"))
+    page.locator(f"#{task}-params-json").get_by_text("All params (JSON)").click()
     page.locator(f"#{task}-params button[aria-label='Copy']").click()
     params = json.loads(page.evaluate("navigator.clipboard.readText()"))
     assert params["seed"] == int(seed_used.input_value())

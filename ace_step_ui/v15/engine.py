@@ -169,9 +169,17 @@ def _needs_v1(what: str, alternative: str = "") -> InputError:
                       + (f", {alternative}" if alternative else ""))
 
 
+def presets(model: str, task: str) -> dict[str, Any]:
+    """The variant's own steps (and guidance, on base), for the parameters it applies to `task`."""
+    variant = variant_of(model)
+    preset = PRESETS[variant]
+    values = {"number_of_steps": preset.steps, "guidance_scale": preset.guidance_scale}
+    return {name: value for name, value in values.items() if name in honoured(variant, task)}
+
+
 register(Family(name="ACE-Step 1.5", hub_ids=HUB_IDS, is_checkpoint=is_checkpoint, resolve=resolve,
                 load=load, honoured=lambda model, task: honoured(variant_of(model), task),
-                check_request=check_request, returns_latents=False))
+                check_request=check_request, returns_latents=False, presets=presets))
 
 
 def lyrics_for_v15(lyrics: str) -> str:
