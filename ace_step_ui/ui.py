@@ -26,7 +26,7 @@ from gradio.components.api_component import Api
 from gradio.data_classes import FileData
 from gradio.utils import get_upload_folder
 
-from . import snippets, tasks
+from . import snippets, tasks, waveform
 from .access import RemoteAccess
 from .audio import FORMATS, header_duration_s, read_audio
 from .engines import EngineManager, family_for
@@ -439,6 +439,29 @@ def _fit_range(path: str | None, start: float, end: float) -> tuple[Any, Any]:
                  else gr.Slider(maximum=top, value=top) for value in (start, end))
 
 
+def _new_wave(path: str | None, start: float, start_anchor: str, end: float,
+              end_anchor: str) -> dict[str, Any] | None:
+    """A new source's waveform, with the range the fields give."""
+    return waveform.with_range(waveform.peaks(path), start, start_anchor, end, end_anchor)
+
+
+def _wave_range(wave: dict[str, Any] | None, start: float, start_anchor: str, end: float,
+                end_anchor: str) -> Any:
+    """The fields' range drawn on the waveform."""
+    return waveform.with_range(wave, start, start_anchor, end, end_anchor) if wave else gr.skip()
+
+
+def _range_fields(wave: dict[str, Any] | None) -> tuple[Any, ...]:
+    """The range dragged on the waveform, in the fields (from the end where the hosted 0-240 s
+    range does not reach from the start)."""
+    if not wave or "start" not in wave:
+        return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+    duration = wave["duration"]
+    start, start_anchor = waveform.to_field(wave["start"], duration, SOURCE_MAX_S)
+    end, end_anchor = waveform.to_field(wave["end"], duration, SOURCE_MAX_S)
+    return start, start_anchor, end, end_anchor
+
+
 def _send_to(task: str) -> Callable[[str | None, str, str], tuple[Any, ...]]:
     """A result, with its tags and lyrics, becomes the source of `task`'s tab, which opens.
     (The Edit tab takes them as the original tags and lyrics, and as the new ones to change.)"""
@@ -693,6 +716,9 @@ def build_app(manager: EngineManager, default_model: str, models: list[str],
                 with gr.Row():
                     with gr.Column(scale=3):
                         source = tab.add("audio")
+                        wave = gr.HTML(None, html_template=waveform.TEMPLATE,
+                                       css_template=waveform.STYLE, js_on_load=waveform.SCRIPT,
+                                       elem_id="inpaint-waveform")
                         with gr.Row():
                             start_here = gr.Button("Start = playhead", size="sm",
                                                    elem_id="inpaint-start-playhead")
@@ -708,9 +734,16 @@ def build_app(manager: EngineManager, default_model: str, models: list[str],
                         tab.song_controls(default_model)
                     with gr.Column(scale=2):
                         tab.outputs()
-                start_here.click(_playhead, source, [start, start_anchor], **UI_EVENT)
-                end_here.click(_playhead, source, [end, end_anchor], **UI_EVENT)
-                source.change(_fit_range, [source, start, end], [start, end], **UI_EVENT)
+                fields = [start, start_anchor, end, end_anchor]
+                start_here.click(_playhead, source, [start, start_anchor], **UI_EVENT).then(
+                    _wave_range, [wave, *fields], wave, **UI_EVENT)
+                end_here.click(_playhead, source, [end, end_anchor], **UI_EVENT).then(
+                    _wave_range, [wave, *fields], wave, **UI_EVENT)
+                source.change(_fit_range, [source, start, end], [start, end], **UI_EVENT).then(
+                    _new_wave, [source, *fields], wave, **UI_EVENT)
+                wave.release(_range_fields, wave, fields, **UI_EVENT)  # a drag ended
+                for field in fields:  # typed or picked by the user (not set by the two above)
+                    field.input(_wave_range, [wave, *fields], wave, **UI_EVENT)
                 tab_presets(tab, by_task.get("inpaint", []))
 
             with gr.Tab("Outpaint", id="outpaint"):

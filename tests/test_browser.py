@@ -430,3 +430,42 @@ def test_a_phone_sees_every_tab_and_the_model_name(browser, served):
         screenshot(page, "phone-375-edit")
     finally:
         page.close()
+
+
+def test_the_inpaint_range_is_dragged_on_the_waveform_and_follows_the_fields(page, sine_wav):
+    page.get_by_role("tab", name="Inpaint").click()
+    canvas = page.locator("#inpaint-waveform canvas")
+    expect(page.locator("#inpaint-waveform")).to_contain_text("Upload a source")
+    upload_source(page, "inpaint", sine_wav)  # 4 s: the range fits itself to 0-4 s
+    readout = page.locator("#inpaint-waveform .wave-readout")
+    expect(readout).to_have_text("0.00 s – 4.00 s")
+    box = canvas.bounding_box()
+
+    def at(seconds_in: float) -> tuple[float, float]:
+        return box["x"] + box["width"] * seconds_in / 4, box["y"] + box["height"] / 2
+
+    page.mouse.move(*at(1.0))
+    page.mouse.down()
+    page.mouse.move(*at(2.0), steps=5)
+    page.mouse.move(*at(3.0), steps=5)
+    page.mouse.up()
+    start = page.locator("#inpaint-start_time input[type=number]")
+    end = page.locator("#inpaint-end_time input[type=number]")
+    expect(start).to_have_value(re.compile(r"^(0\.9[5-9]|1(\.0\d?)?)$"))
+    expect(end).to_have_value(re.compile(r"^(2\.9[5-9]|3(\.0\d?)?)$"))
+    screenshot(page, "inpaint-range-dragged")
+
+    page.mouse.move(*at(3.0))  # grab the end edge and pull it out to 3.5 s
+    page.mouse.down()
+    page.mouse.move(*at(3.5), steps=5)
+    page.mouse.up()
+    expect(end).to_have_value(re.compile(r"^3\.(4[5-9]|5\d?)$"))
+
+    fill_number(page, "inpaint-start_time", 0.5)  # and the other way: the field moves the range
+    expect(readout).to_contain_text(re.compile(r"^0\.50 s – 3\.\d\d s"))
+    page.locator("#inpaint-end_time_relative_to").get_by_text("end", exact=True).click()
+    fill_number(page, "inpaint-end_time", 1)  # 1 s before the end
+    expect(readout).to_have_text("0.50 s – 3.00 s")
+    page.locator("#inpaint-waveform .wave-zoom-in").click()
+    expect(readout).to_contain_text("showing 1.0–3.0 s")
+    screenshot(page, "inpaint-range-zoomed")
