@@ -14,12 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from .access import SOURCE_PARAMS
+from .hosted import APPS, ENDPOINTS
 
-# Our tasks that have a hosted endpoint, and its name.
-HOSTED_ENDPOINTS = {"generate": "text-to-audio", "inpaint": "audio-inpaint",
-                    "outpaint": "audio-outpaint", "edit": "audio-to-audio",
-                    "prompt_to_audio": "prompt-to-audio"}
-HOSTED_APPS = {"ACE-Step v1": "ace-step", "ACE-Step 1.5": "ace-step-1.5"}
+# hosted.py's tables the other way round: our task -> its endpoint, a family -> its app.
+HOSTED_ENDPOINTS = {task: endpoint for endpoint, task in ENDPOINTS.items()}
+HOSTED_APPS = {family: app for app, family in APPS.items()}
 PLACEHOLDER_FILE = "song.wav"
 PLACEHOLDER_URL = "https://example.com/song.wav"
 
