@@ -6,7 +6,11 @@
     python -m ace_step_ui run prompt-to-audio --input '{"prompt": "a song about rain"}' --output-dir out
     python -m ace_step_ui run acestep-ai/ace-step/audio-inpaint --input @request.json --output-dir out
     python -m ace_step_ui run fal-ai/ace-step --input '{"tags": "lofi"}' --output-dir out --json
+    python -m ace_step_ui recipe take.recipe.json --output-dir out --source song.wav --check
     python -m ace_step_ui tiny v1 DIR      (or: tiny v15 DIR --variant base, tiny planner DIR)
+
+`recipe` replays a recipe saved from the studio's history (history.py), one line a step; with
+--check it exits 1 when a step's samples differ from the recorded ones.
 
 Exit codes follow the hosted CLI: 0 success, 64 bad arguments, 65 input that fails validation,
 69 a model that cannot be loaded, 73 a result that cannot be written, 130 stopped. Errors are one
@@ -24,7 +28,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from . import speed, tasks
+from . import history, speed, tasks
 from .audio import FORMATS
 from .engines import (DEFAULT_MODEL, DEFAULT_PLANNER, DTYPES, HUB_PLANNERS, EngineManager,
                       families, family_for, pick_device)
@@ -34,6 +38,7 @@ from .requests import TASKS
 
 EXIT_OK, EXIT_USAGE, EXIT_DATA, EXIT_UNAVAILABLE, EXIT_STOPPED = 0, 64, 65, 69, 130
 EXIT_CANTCREAT = 73  # sysexits.h, like the others
+EXIT_DIFFERENT = 1  # recipe --check: a step's samples differ from the recorded ones
 
 
 class UsageError(Exception):
@@ -62,20 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--model", default=None,
                      help=f"Hub model id or checkpoint folder (default {DEFAULT_MODEL}, or for a "
                           f"hosted ace-step-1.5 id the default ACE-Step 1.5 model)")
-    run.add_argument("--planner", default=DEFAULT_PLANNER, metavar="ID_OR_FOLDER",
-                     help="the 5 Hz LM that writes prompt-to-audio songs and thinks (ACE-Step 1.5 "
-                          f"thinking): {', '.join(HUB_PLANNERS)}, a Hub repo id or a folder "
-                          f"(default {DEFAULT_PLANNER})")
     run.add_argument("--format", default="wav", choices=FORMATS,
                      help="wav (32-bit float) and flac (24-bit; exact for 16- and 24-bit sources) keep "
                           "the audio outside an edited range bit-exact; mp3 (320 kbps) is lossy")
-    run.add_argument("--device", default="auto", type=device_option,
-                     help="auto, cpu, cuda, cuda:N or mps")
-    run.add_argument("--dtype", default="auto", choices=("auto", *DTYPES),
-                     help="auto: float32 on the CPU, bfloat16 on CUDA; on CPUs with bfloat16 "
-                          "units (AVX512-BF16, AMX) bfloat16 runs songs of 30 s and more about "
-                          "1.7x faster")
-    speed.add_arguments(run)
+    add_engine_arguments(run)
     run.add_argument("--save-latents", action="store_true",
                      help="also write the final diffusion latents as <stem>.latents.safetensors "
                           "(ACE-Step v1)")
@@ -85,12 +80,47 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--overwrite", action="store_true",
                      help="replace a result of the same name (by default it is kept and the new "
                           "one is written as <stem>-2, <stem>-3, ...)")
+    recipe = commands.add_parser("recipe", help="replay a recipe saved from the studio's history")
+    recipe.add_argument("file", type=Path, metavar="FILE.json")
+    recipe.add_argument("--output-dir", type=Path, default=Path("."),
+                        help="where each step's result is written (default: this folder)")
+    recipe.add_argument("--source", type=Path, action="append", default=[], metavar="PATH",
+                        help="an uploaded file the recipe starts from, found by its bytes; repeat "
+                             "for several")
+    recipe.add_argument("--model", default=None,
+                        help="Hub model id or checkpoint folder to run every step on (default: "
+                             "each step's recorded model)")
+    add_engine_arguments(recipe)
+    recipe.add_argument("--check", action="store_true",
+                        help="exit 1 when a step's samples differ from the recorded ones")
     tiny = commands.add_parser("tiny", help="write a tiny random-weight checkpoint, offline")
     tiny.add_argument("family", choices=("v1", "v15", "planner"),
                       help="planner: the 5 Hz LM of ACE-Step 1.5")
     tiny.add_argument("folder", type=Path)
     tiny.add_argument("--variant", choices=("turbo", "base"), help="v15 only (default turbo)")
     return parser
+
+
+def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of the `EngineManager` that runs the models (see `engine_manager`)."""
+    parser.add_argument("--planner", default=DEFAULT_PLANNER, metavar="ID_OR_FOLDER",
+                        help="the 5 Hz LM that writes prompt-to-audio songs and thinks (ACE-Step "
+                             f"1.5 thinking): {', '.join(HUB_PLANNERS)}, a Hub repo id or a folder "
+                             f"(default {DEFAULT_PLANNER})")
+    parser.add_argument("--device", default="auto", type=device_option,
+                        help="auto, cpu, cuda, cuda:N or mps")
+    parser.add_argument("--dtype", default="auto", choices=("auto", *DTYPES),
+                        help="auto: float32 on the CPU, bfloat16 on CUDA; on CPUs with bfloat16 "
+                             "units (AVX512-BF16, AMX) bfloat16 runs songs of 30 s and more about "
+                             "1.7x faster")
+    speed.add_arguments(parser)
+
+
+def engine_manager(args: argparse.Namespace) -> EngineManager:
+    manager = EngineManager(device=args.device, dtype=args.dtype, planner=args.planner,
+                            speed=speed.from_arguments(args))
+    speed.set_cpu_threads()
+    return manager
 
 
 def cli_name(task: str) -> str:
@@ -154,6 +184,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         if args.command == "tiny":
             return tiny_command(args)
+        if args.command == "recipe":
+            return recipe_command(args)
         return run_command(args)
     except UsageError as error:
         print(error, file=sys.stderr)
@@ -175,11 +207,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def run_command(args: argparse.Namespace) -> int:
     task, model = task_and_model(args.task, args.model)
     payload = read_input(args.input)
-    if args.output_dir.exists() and not args.output_dir.is_dir():
-        raise UsageError(f"--output-dir: {args.output_dir} is a file, not a folder")
-    manager = EngineManager(device=args.device, dtype=args.dtype, planner=args.planner,
-                            speed=speed.from_arguments(args))
-    speed.set_cpu_threads()
+    check_output_dir(args.output_dir)
+    manager = engine_manager(args)
     progress = Progress()
     result = tasks.run(task, payload, manager, model, on_step=progress.step,
                        need_latents=args.save_latents, on_phase=progress.phase)
@@ -199,6 +228,47 @@ def run_command(args: argparse.Namespace) -> int:
     if args.save_latents:
         print(tasks.latents_path(path))
     return EXIT_OK
+
+
+def recipe_command(args: argparse.Namespace) -> int:
+    try:
+        text = args.file.read_bytes()
+    except OSError as error:
+        raise UsageError(f"python -m ace_step_ui recipe: cannot read {args.file}: "
+                         f"{error.strerror or error}") from None
+    try:
+        recipe = json.loads(text)
+    except ValueError as error:
+        raise InputError(f"{args.file} is not valid JSON: {error}") from None
+    check_output_dir(args.output_dir)
+    sources = {}
+    for path in args.source:
+        try:
+            sources[history.sha256_file(path)] = path
+        except OSError as error:
+            raise UsageError(f"--source: cannot read {path}: {error.strerror or error}") from None
+    history.check_recipe(recipe)  # before the engine manager: a bad file says so at once
+    manager = engine_manager(args)
+    progress = Progress()
+    same = True
+    try:
+        for step in history.replay_steps(recipe, manager, out_dir=args.output_dir,
+                                         model_override=args.model, sources=sources,
+                                         on_step=progress.step, on_phase=progress.phase):
+            recorded = recipe["steps"][step["step"]].get("samples_sha256")
+            verdict = ("same samples" if step["same"] else
+                       "different samples" if recorded else "no recorded samples")
+            print(f"step {step['step']}: {step['path']} (seed {step['seed']}, {verdict})", flush=True)
+            same = same and step["same"]
+    except OSError as error:
+        raise CannotWrite(f"could not write the result in {args.output_dir}: "
+                          f"{error.strerror or error}") from None
+    return EXIT_DIFFERENT if args.check and not same else EXIT_OK
+
+
+def check_output_dir(folder: Path) -> None:
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"--output-dir: {folder} is a file, not a folder")
 
 
 def tiny_command(args: argparse.Namespace) -> int:
