@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
 
     from ace_step_ui.access import RemoteAccess
-    from ace_step_ui.rest import RestQueue, default_data_dir, launch_routes
+    from ace_step_ui.rest import RestQueue, default_data_dir
     from ace_step_ui.ui import build_app, launch_options
 
     manager = EngineManager(device=args.device, dtype=args.dtype, planner=args.planner,
@@ -132,13 +132,14 @@ def main(argv: list[str] | None = None) -> int:
         except (InputError, ModelUnavailableError) as error:
             print(f"warning: {error}; it will load on the first request", file=sys.stderr)
     models = known_models() if args.models is None else args.models
-    demo = build_app(manager, args.model, models, tuple(args.allow_path))
+    data_dir = args.data_dir or default_data_dir()
+    demo = build_app(manager, args.model, models, tuple(args.allow_path), data_dir)
     access = RemoteAccess(tuple(dict.fromkeys([args.model, *models])), tuple(args.allow_path))
-    rest = RestQueue(manager, access, args.data_dir or default_data_dir(), keys,
-                     args.api_queue_limit, args.result_retention).start()
+    rest = RestQueue(manager, access, data_dir, keys, args.api_queue_limit,
+                     args.result_retention).start()
     try:
         demo.launch(share=args.share, auth=users or None, server_name=args.server_name,
-                    server_port=args.port, **launch_options(), **launch_routes(rest))
+                    server_port=args.port, **launch_options(demo, rest))
     finally:
         rest.close()
     return 0

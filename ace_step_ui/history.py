@@ -30,6 +30,7 @@ import shutil
 import sqlite3
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
@@ -120,11 +121,14 @@ class History:
         self.folder = Path(folder)
         self.takes = self.folder / "takes"
         self.takes.mkdir(parents=True, exist_ok=True)
+        self.sources = self.folder / "sources"  # uploads takes were made from, by sha256, once each
+        self.sources.mkdir(exist_ok=True)
         self.limit = limit
         self._db = sqlite3.connect(self.folder / "history.sqlite3", check_same_thread=False,
                                    isolation_level=None)
         self._db.row_factory = sqlite3.Row
         self._lock = threading.Lock()
+        self._arriving: Counter[str] = Counter()  # sources copied in for rows not written yet
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")  # a killed process leaves it consistent
             self._db.execute("PRAGMA synchronous=FULL")
@@ -169,6 +173,10 @@ class History:
         folder = self.takes / take_id
         folder.mkdir()
         try:
+            if source_path is not None and source_sha256:
+                with self._lock:
+                    self._arriving[source_sha256] += 1
+                self._keep_source(source_path, source_sha256)
             shutil.copyfile(audio_path, folder / audio_path.name)
             digest = sha256_file(folder / audio_path.name)
             with self._lock:
@@ -186,8 +194,13 @@ class History:
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
+        finally:
+            if source_sha256:
+                with self._lock:
+                    self._arriving[source_sha256] -= 1
         for old in dropped:
             shutil.rmtree(self.takes / old, ignore_errors=True)
+        self._drop_unused_sources()
         take = self.get(owner, take_id)
         assert take is not None
         return take
@@ -213,7 +226,41 @@ class History:
                                        (take_id, owner)).rowcount
         if deleted:
             shutil.rmtree(self.takes / take_id, ignore_errors=True)
+            self._drop_unused_sources()
         return bool(deleted)
+
+    def source_path(self, owner: str, take_id: str) -> Path | None:
+        """The audio the take was made from: its parent take's file, else the kept upload; None
+        for a take made from nothing (generate) or whose source is gone."""
+        take = self.get(owner, take_id)
+        if take is None or not take.source_sha256:
+            return None
+        parent = self.get(owner, take.parent) if take.parent else None
+        if parent is not None and parent.sha256 == take.source_sha256:
+            return self.path(parent.id, parent.file)
+        kept = self._source_file(take.source_sha256)
+        return kept if kept.is_file() else None
+
+    def _source_file(self, sha256: str) -> Path:
+        return self.sources / sha256
+
+    def _keep_source(self, source_path: Path, sha256: str) -> None:
+        """One copy of each source, named by its bytes' digest (an hour-long upload edited eight
+        times is kept once)."""
+        kept = self._source_file(sha256)
+        if not kept.is_file():
+            partial = kept.with_name(kept.name + ".partial")
+            shutil.copyfile(source_path, partial)
+            partial.replace(kept)
+
+    def _drop_unused_sources(self) -> None:
+        with self._lock:
+            used = {row[0] for row in self._db.execute(
+                "SELECT DISTINCT source_sha256 FROM takes WHERE source_sha256 IS NOT NULL")}
+            used |= {digest for digest, count in self._arriving.items() if count > 0}
+        for kept in self.sources.iterdir():
+            if kept.name not in used and not kept.name.endswith(".partial"):
+                kept.unlink(missing_ok=True)
 
     def path(self, take_id: str, file: str) -> Path | None:
         """The file of the public route `/takes/{take_id}/{file}`; None unless `file` is that

@@ -635,9 +635,3 @@ def _seconds(job: Job) -> float:
     if job.started_at is None:
         return 0.0
     return max(0.0, (job.finished_at or time.time()) - job.started_at)
-
-
-def launch_routes(rest: RestQueue | None) -> dict[str, Any]:
-    """`launch()` keywords that mount the REST routes on gradio's server (none without `rest`)."""
-    return {"app_kwargs": {"routes": rest.routes()}} if rest is not None else {}
-

@@ -32,7 +32,7 @@ from .files import staged
 from .remote import fetched_source
 from .requests import (BaseRequest, EditRequest, GenerateRequest, InpaintRequest, OutpaintRequest,
                        PromptToAudioRequest, Request, SourceRequest, WholeTrackRequest,
-                       derive_retake_seed, parse_request, resolve_range, resolve_seed)
+                       SEED_MAX, derive_retake_seed, parse_request, resolve_range, resolve_seed)
 
 APP_NAME = "ace_step_ui"
 PLANNING, DIFFUSION = "planning", "diffusion"  # what `on_step` counts: LM tokens, or steps
@@ -61,6 +61,9 @@ def check(task: str, payload: Mapping[str, Any], model: str) -> Request:
     return request
 
 
+MAX_TAKES = 8  # takes of one job, as upstream 1.5 generates up to 8 at once
+
+
 def run(task: str, payload: Mapping[str, Any], manager: EngineManager, model: str,
         on_step: StepCallback | None = None, owner: str = "", need_latents: bool = False,
         stop: threading.Event | None = None, on_wait: Callable[[int], None] | None = None,
@@ -72,11 +75,34 @@ def run(task: str, payload: Mapping[str, Any], manager: EngineManager, model: st
     place `number` (from `manager.slot.number()`, taken when it was submitted). `on_phase(name)`
     says what the steps `on_step` counts next are: PLANNING (LM tokens) or DIFFUSION.
     """
+    return run_takes(task, payload, manager, model, 1, on_step, owner, need_latents, stop, on_wait,
+                     number, on_phase)[0]
+
+
+def take_seeds(seed: int, takes: int) -> list[int]:
+    """The seeds of `takes` takes: `seed`, `seed + 1`, ... when one is given, else fresh ones.
+    Each take is the song its seed gives alone, so a take replays with its seed."""
+    if not 1 <= takes <= MAX_TAKES:
+        raise InputError(f"takes must be 1 to {MAX_TAKES}, not {takes}")
+    if seed >= 0:
+        return [(seed + index) % (SEED_MAX + 1) for index in range(takes)]
+    return [resolve_seed(seed) for _ in range(takes)]
+
+
+def run_takes(task: str, payload: Mapping[str, Any], manager: EngineManager, model: str,
+              takes: int = 1, on_step: StepCallback | None = None, owner: str = "",
+              need_latents: bool = False, stop: threading.Event | None = None,
+              on_wait: Callable[[int], None] | None = None, number: int | None = None,
+              on_phase: Callable[[str], None] | None = None) -> list[Result]:
+    """`run`, for `takes` seeds (`take_seeds`) in one job: the sources are read once, the slot is
+    held once and the model loaded once. The takes run one after another rather than as a batch:
+    a batched forward changes the last bits, and a take must replay to the same samples alone."""
     request = check(task, payload, model)
     family = family_for(model)
     thinks = getattr(request, "thinking", False) and "thinking" in family.honoured(model, task)
     if need_latents and not family.returns_latents:
         raise no_latents_error(model)
+    seeds = take_seeds(request.seed, takes)
     with manager.job(owner, stop) as stop, ExitStack() as downloads:
         source = reference = None
         source_info: dict[str, Any] = {}
@@ -100,46 +126,61 @@ def run(task: str, payload: Mapping[str, Any], manager: EngineManager, model: st
             assert source is not None
             edits.check_whole_track_source(task, source)
 
-        seed = resolve_seed(request.seed)
-        retake_seed = request.retake_seed if request.retake_seed >= 0 else derive_retake_seed(seed)
-
+        ran = []
         with manager.slot.hold(stop, on_wait, number):
             if stop.is_set():
                 raise Cancelled("stopped by the user before it started")
-            started = time.perf_counter()
-            step = manager.step_callback(on_step, stop)
-            manager.moves.clear()  # this job's alone: one job holds the slot at a time
-            song, plans, codes = request, {}, ""
-            if isinstance(request, PromptToAudioRequest) or thinks:
-                _phase(on_phase, PLANNING)
-                planner = manager.planner()
-                if isinstance(song, PromptToAudioRequest):
-                    song, plan = planning.write(planner, song, seed, step)
-                    plans["written"] = planning.describe_plan(plan)
-                if thinks:
-                    assert isinstance(song, GenerateRequest)
-                    song, plan = planning.think(planner, song, seed, step)
-                    plans["thought"] = planning.describe_plan(plan)
-                    codes = plan.audio_codes
-            planned = time.perf_counter()
-            engine = manager.get(model)
-            loaded = time.perf_counter()
-            _phase(on_phase, DIFFUSION)
-            if isinstance(song, GenerateRequest):
-                output = engine.generate(song, seed, retake_seed, step, reference=reference,
-                                         **({"audio_codes": codes} if codes else {}))
-            elif isinstance(request, InpaintRequest):
-                assert source is not None and edit_range is not None
-                output = edits.inpaint(engine, request, source, *edit_range, seed, retake_seed, step)
-            elif isinstance(request, WholeTrackRequest):  # edit, cover and the stem tasks
-                assert source is not None
-                output = getattr(engine, task)(request, source, seed, retake_seed, step)
-            else:
-                assert isinstance(request, OutpaintRequest) and source is not None
-                output = edits.outpaint(engine, request, source, seed, retake_seed, step)
-            finished = time.perf_counter()
-            moved = list(manager.moves)
+            for index, seed in enumerate(seeds):
+                retake_seed = (request.retake_seed if request.retake_seed >= 0
+                               else derive_retake_seed(seed))
+                step = manager.step_callback(
+                    edits.offset_steps(on_step, index, takes) if on_step else None, stop)
+                started = time.perf_counter()
+                manager.moves.clear()  # this job's alone: one job holds the slot at a time
+                song, plans, codes = request, {}, ""
+                if isinstance(request, PromptToAudioRequest) or thinks:
+                    _phase(on_phase, PLANNING)
+                    planner = manager.planner()
+                    if isinstance(song, PromptToAudioRequest):
+                        song, plan = planning.write(planner, song, seed, step)
+                        plans["written"] = planning.describe_plan(plan)
+                    if thinks:
+                        assert isinstance(song, GenerateRequest)
+                        song, plan = planning.think(planner, song, seed, step)
+                        plans["thought"] = planning.describe_plan(plan)
+                        codes = plan.audio_codes
+                planned = time.perf_counter()
+                engine = manager.get(model)
+                loaded = time.perf_counter()
+                _phase(on_phase, DIFFUSION)
+                if isinstance(song, GenerateRequest):
+                    output = engine.generate(song, seed, retake_seed, step, reference=reference,
+                                             **({"audio_codes": codes} if codes else {}))
+                elif isinstance(request, InpaintRequest):
+                    assert source is not None and edit_range is not None
+                    output = edits.inpaint(engine, request, source, *edit_range, seed, retake_seed,
+                                           step)
+                elif isinstance(request, WholeTrackRequest):  # edit, cover and the stem tasks
+                    assert source is not None
+                    output = getattr(engine, task)(request, source, seed, retake_seed, step)
+                else:
+                    assert isinstance(request, OutpaintRequest) and source is not None
+                    output = edits.outpaint(engine, request, source, seed, retake_seed, step)
+                finished = time.perf_counter()
+                timings = {**({"plan": round(planned - started, 3)} if plans else {}),
+                           "load": round(loaded - planned, 3), "run": round(finished - loaded, 3)}
+                ran.append((seed, retake_seed, song, plans, output, list(manager.moves), timings,
+                            engine))
+    results = [_result(task, model, request, manager, source_info, *take, takes=takes, index=index)
+               for index, take in enumerate(ran)]
+    return results
 
+
+def _result(task: str, model: str, request: Request, manager: EngineManager,
+            source_info: dict[str, Any], seed: int, retake_seed: int, song: Request,
+            plans: dict[str, Any], output: Any, moved: list[Any], timings: dict[str, float],
+            engine: Any, takes: int = 1, index: int = 0) -> Result:
+    """What ran for one take: the seeds used, the values the engine applied, what it ignored."""
     honoured = engine.honoured(task) - output.unused
     sent = request.to_dict()
     assert isinstance(song, BaseRequest)
@@ -164,11 +205,11 @@ def run(task: str, payload: Mapping[str, Any], manager: EngineManager, model: st
             # the plain generate request that sings this song again, and can be edited
             "generate_request": planning.replay_request(song, seed)} if plans else {}),
         **({"memory": moved} if moved else {}),
+        **({"take": {"index": index, "of": takes}} if takes > 1 else {}),
         "sample_rate": output.audio.sample_rate,
         "channels": output.audio.channels,
         "duration_s": round(output.audio.duration_s, 6),
-        "timings_s": {**({"plan": round(planned - started, 3)} if plans else {}),
-                      "load": round(loaded - planned, 3), "run": round(finished - loaded, 3)},
+        "timings_s": timings,
     }
     return Result(output.audio, seed, params, output.latents)
 

@@ -26,12 +26,13 @@ from gradio.components.api_component import Api
 from gradio.data_classes import FileData
 from gradio.utils import get_upload_folder
 
-from . import snippets, tasks, waveform
+from . import snippets, studio, tasks, waveform
 from .access import RemoteAccess
 from .audio import FORMATS, header_duration_s, read_audio
 from .engines import EngineManager, family_for
 from .errors import Cancelled, InputError, ModelUnavailableError
 from .gpu import JOB_SECONDS, gpu
+from .history import History
 from .requests import ALIASES, TASKS, is_default, schema
 
 logger = logging.getLogger(__name__)
@@ -225,9 +226,10 @@ class _Jobs:
         self._lock = threading.Lock()
 
     async def submit(self, task: str, payload: dict[str, Any], model: Any, fmt: Any,
-                     request: gr.Request | None, progress: gr.Progress, from_api: bool
-                     ) -> tuple[str, int, dict[str, Any]]:
-        """Check the job, then run it in a thread; its errors become one message for the caller."""
+                     request: gr.Request | None, progress: gr.Progress, from_api: bool,
+                     takes: Any = 1) -> tuple[Any, ...]:
+        """Check the job, then run it in a thread; its errors become one message for the caller.
+        The API gets the (first) take's file, seed and params; the page also every take's."""
         upload_folder = Path(get_upload_folder())
         try:
             model = self.access.model(model)
@@ -236,6 +238,7 @@ class _Jobs:
                 raise InputError(f"format must be one of {', '.join(FORMATS)}, not {fmt!r}")
             payload = self.access.payload(payload, upload_folder)
             tasks.check(task, payload, model)  # before the job is queued or any file is read
+            takes = _takes(takes)
         except InputError as error:
             raise gr.Error(str(error), print_exception=False) from None
         # An API caller's uploads belong to its one call; the UI keeps its source for the next run.
@@ -253,9 +256,10 @@ class _Jobs:
         stop = threading.Event()
         number = self.manager.slot.number()
         try:
-            return await anyio.to_thread.run_sync(
+            made = await anyio.to_thread.run_sync(
                 partial(self.run_on_gpu, task, payload, model, fmt, _owner(request), progress,
-                        stop, number), abandon_on_cancel=True, limiter=self.threads)
+                        stop, number, takes), abandon_on_cancel=True, limiter=self.threads)
+            return tuple(made[0]) if from_api else (*made[0], made)
         except anyio.get_cancelled_exc_class():
             stop.set()  # cancelled by the client or a closed tab: the job ends at its next step
             raise
@@ -264,7 +268,7 @@ class _Jobs:
                 raise gr.Error(str(error), title="Stopped", print_exception=False) from None
             # Stopping is not a failure: the page keeps its last result and says so once.
             gr.Info(str(error).capitalize() + "; the last result is kept.", title="Stopped")
-            return gr.skip(), gr.skip(), gr.skip()
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip()
         except (InputError, ModelUnavailableError) as error:
             raise gr.Error(str(error), print_exception=False) from None
         except Exception as error:  # a bug, not bad input: Gradio logs the traceback
@@ -304,7 +308,7 @@ def _endpoint(task: str, jobs: _Jobs, from_api: bool) -> Callable[..., Any]:
     async def endpoint(*args: Any) -> tuple[str, int, dict[str, Any]]:
         *values, request, progress = args
         given = dict(zip(names, values))
-        model, fmt = given.pop("model"), given.pop("format")
+        model, fmt, takes = given.pop("model"), given.pop("format"), given.pop("takes", 1)
         if from_api:
             payload = {name: value for name, value in given.items() if value is not None}
         else:
@@ -315,7 +319,7 @@ def _endpoint(task: str, jobs: _Jobs, from_api: bool) -> Callable[..., Any]:
             payload = {name: value for name, value in given.items()
                        if not (name in advanced and (is_default(task, name, value)
                                                      or _is_preset(presets, name, value)))}
-        return await jobs.submit(task, payload, model, fmt, request, progress, from_api)
+        return await jobs.submit(task, payload, model, fmt, request, progress, from_api, takes)
 
     positional = inspect.Parameter.POSITIONAL_OR_KEYWORD
     # A default of None lets API clients leave out any parameter; parse_request says what is
@@ -343,10 +347,22 @@ def _is_preset(presets: dict[str, Any], name: str, value: Any) -> bool:
 
 
 def _endpoint_names(task: str, from_api: bool) -> list[str]:
-    """The endpoint's parameters: the task's, the aliases (API only), then model and format."""
+    """The endpoint's parameters: the task's, the aliases (API only), then model and format
+    (and the page's takes count)."""
     spec = schema(task)
     aliases = [alias for alias, name in ALIASES.items() if name in spec] if from_api else []
-    return [*spec, *aliases, "model", "format"]
+    return [*spec, *aliases, "model", "format", *([] if from_api else ["takes"])]
+
+
+def _takes(value: Any) -> int:
+    """The page's takes count, checked."""
+    try:
+        takes = int(value if value is not None else 1)
+    except (TypeError, ValueError):
+        takes = 0
+    if not 1 <= takes <= tasks.MAX_TAKES:
+        raise InputError(f"takes must be a whole number from 1 to {tasks.MAX_TAKES}, not {value!r}")
+    return takes
 
 
 def _help(task: str, name: str) -> str:
@@ -357,6 +373,8 @@ def _help(task: str, name: str) -> str:
         return "One of the models this server offers, by id (see the Model menu); empty = default."
     if name == "format":
         return f"{', '.join(FORMATS)}; empty = {FORMATS[0]}."
+    if name == "takes":
+        return f"How many seeds to run, 1 to {tasks.MAX_TAKES} (the page's)."
     return spec[name]["help"]
 
 
@@ -382,8 +400,8 @@ def _api_inputs(task: str) -> list[Api]:
 def _gpu_runner(manager: EngineManager) -> Callable[..., tuple[str, int, dict[str, Any]]]:
     @gpu(duration=JOB_SECONDS)
     def run_on_gpu(task: str, payload: dict[str, Any], model: str, fmt: str, owner: str,
-                   progress: gr.Progress, stop: threading.Event, number: int
-                   ) -> tuple[str, int, dict[str, Any]]:
+                   progress: gr.Progress, stop: threading.Event, number: int, takes: int = 1
+                   ) -> list[tuple[str, int, dict[str, Any]]]:
         phase = [tasks.DIFFUSION]
 
         def on_step(step: int, total: int) -> None:
@@ -398,10 +416,11 @@ def _gpu_runner(manager: EngineManager) -> Callable[..., tuple[str, int, dict[st
             if name == tasks.PLANNING:
                 progress(None, desc="loading the planner")
 
-        result = tasks.run(task, payload, manager, model, on_step, owner, stop=stop,
-                           on_wait=on_wait, number=number, on_phase=on_phase)
-        path = tasks.save_result(result, _output_folder(), fmt)
-        return str(path), result.seed, result.params
+        results = tasks.run_takes(task, payload, manager, model, takes, on_step, owner, stop=stop,
+                                  on_wait=on_wait, number=number, on_phase=on_phase)
+        folder = _output_folder()
+        return [(str(tasks.save_result(result, folder, fmt)), result.seed, result.params)
+                for result in results]
 
     return run_on_gpu
 
@@ -449,6 +468,15 @@ def _wave_range(wave: dict[str, Any] | None, start: float, start_anchor: str, en
                 end_anchor: str) -> Any:
     """The fields' range drawn on the waveform."""
     return waveform.with_range(wave, start, start_anchor, end, end_anchor) if wave else gr.skip()
+
+
+def _new_extension(path: str | None, before: float, after: float) -> dict[str, Any] | None:
+    """A new Outpaint source's waveform, between the new seconds before and after it."""
+    return waveform.with_extension(waveform.peaks(path), before, after)
+
+
+def _extension(wave: dict[str, Any] | None, before: float, after: float) -> Any:
+    return waveform.with_extension(wave, before, after) if wave else gr.skip()
 
 
 def _range_fields(wave: dict[str, Any] | None) -> tuple[Any, ...]:
@@ -539,6 +567,11 @@ class _Tab:
                 self.outputs()
 
     def buttons(self) -> None:
+        self.takes = gr.Slider(1, tasks.MAX_TAKES, value=1, step=1, precision=0, label="Takes",
+                               info="Run this many seeds in one job (the seed, seed + 1, …); the "
+                                    "takes appear side by side under Takes.",
+                               elem_id=f"{self.task}-takes")
+        self.takes_made = gr.State()  # every take of the last run: [path, seed, params] each
         with gr.Row():
             self.run = gr.Button(RUN_LABELS.get(self.task, self.task.capitalize()),
                                  variant="primary", scale=3,
@@ -645,14 +678,6 @@ def _after_result(result: str | None, params: dict[str, Any] | None,
             snippets.cli_call(params))
 
 
-def _model_label(model: str) -> str:
-    """A local folder by its name (a full path gets cut on a phone); a Hub id as it is."""
-    folder = Path(model).expanduser()
-    if model.startswith(("/", ".", "~")) or folder.is_dir():
-        return f"{folder.name} (local folder)"
-    return model
-
-
 def _page_url(request: gr.Request | None) -> str:
     """The app's address as the visitor reached it."""
     headers = getattr(request, "headers", None) or {}
@@ -667,12 +692,16 @@ def _written(params: dict[str, Any] | None) -> tuple[str, str]:
 
 
 def build_app(manager: EngineManager, default_model: str, models: list[str],
-              allowed_folders: tuple[Path, ...] = ()) -> gr.Blocks:
-    """The playground: one tab per task, a shared model selector and output format.
+              allowed_folders: tuple[Path, ...] = (), data_dir: Path | None = None) -> gr.Blocks:
+    """The playground: one tab per task, a shared model selector and output format, and the
+    takes under them.
 
     Remote callers choose among `default_model` and `models` only, and name no server file outside
-    `allowed_folders` (see `access.RemoteAccess`).
+    `allowed_folders` (see `access.RemoteAccess`). The takes are kept under `data_dir/history`
+    (a fresh temp folder without one: then they last as long as the process).
     """
+    folder = Path(data_dir) if data_dir else Path(tempfile.mkdtemp(prefix="ace-step-history-"))
+    history = History(folder / "history")
     choices = list(dict.fromkeys([default_model, *models]))
     jobs = _Jobs(manager, RemoteAccess(tuple(choices), tuple(allowed_folders)))
     tabs: dict[str, _Tab] = {task: _PromptTab(task) if task == "prompt_to_audio" else _Tab(task)
@@ -684,7 +713,7 @@ def build_app(manager: EngineManager, default_model: str, models: list[str],
                     "of a track (Inpaint), extend it (Outpaint), remix it (Edit), sing it anew "
                     "(Cover) or work on its tracks (Stems) with ACE-Step.")
         with gr.Row():
-            model = gr.Dropdown([(_model_label(choice), choice) for choice in choices],
+            model = gr.Dropdown([(studio.model_label(choice), choice) for choice in choices],
                                 value=default_model, label="Model", elem_id="model",
                                 scale=3, info="The models this server offers; a model loads on "
                                               "its first run (downloading it if needed).")
@@ -750,13 +779,20 @@ def build_app(manager: EngineManager, default_model: str, models: list[str],
                 tab = tabs["outpaint"]
                 with gr.Row():
                     with gr.Column(scale=3):
-                        tab.add("audio")
+                        out_source = tab.add("audio")
+                        out_wave = gr.HTML(None, html_template=waveform.TEMPLATE,
+                                           css_template=waveform.STYLE, js_on_load=waveform.SCRIPT,
+                                           elem_id="outpaint-waveform")
                         with gr.Row():
-                            tab.add("extend_before_duration")
-                            tab.add("extend_after_duration")
+                            before = tab.add("extend_before_duration")
+                            after = tab.add("extend_after_duration")
                         tab.song_controls(default_model)
                     with gr.Column(scale=2):
                         tab.outputs()
+                out_source.change(_new_extension, [out_source, before, after], out_wave,
+                                  **UI_EVENT)
+                for field in (before, after):
+                    field.change(_extension, [out_wave, before, after], out_wave, **UI_EVENT)
                 tab_presets(tab, by_task.get("outpaint", []))
 
             with gr.Tab("Edit", id="edit"):
@@ -783,12 +819,16 @@ def build_app(manager: EngineManager, default_model: str, models: list[str],
                             tabs[task].source_layout(default_model, {field: {}}, DESCRIPTIONS[task])
                             tab_presets(tabs[task], by_task.get(task, []))
 
+        current = studio.Studio(history, tabs, model, fmt, tab_group, model_presets)
+        current.layout()
+
         for task, tab in tabs.items():
             outputs = [tab.result, tab.seed_used, tab.params]
             # concurrency_limit=None: jobs wait for the model in `EngineManager.slot`, after their
             # checks and reads, so a bad request is refused at once and a cancel frees the slot.
-            ran = tab.run.click(_endpoint(task, jobs, from_api=False),
-                                [*tab.ordered_inputs(), model, fmt], outputs,
+            tab.ran = ran = tab.run.click(_endpoint(task, jobs, from_api=False),
+                                [*tab.ordered_inputs(), model, fmt, tab.takes],
+                                [*outputs, tab.takes_made],
                                 api_name=f"{task}_form", api_visibility="private",
                                 preprocess=False, concurrency_limit=None,
                                 show_progress_on=tab.result)
@@ -823,6 +863,8 @@ def build_app(manager: EngineManager, default_model: str, models: list[str],
                     for task in tabs for name in advanced_params(task)]
 
         model.change(show_honoured, model, advanced, **UI_EVENT)
+        current.wire(demo, UI_EVENT)
+    demo.history = history  # type: ignore[attr-defined]  # for `launch_options`
 
     # The jobs bound themselves (QUEUE_SIZE); the gradio queue only carries the quick UI events.
     demo.queue(max_size=4 * QUEUE_SIZE, default_concurrency_limit=None)
@@ -841,10 +883,15 @@ CSS = """
 MAX_UPLOAD = "1100mb"  # a 60-minute 48 kHz 24-bit stereo WAV (1.04 GB), the longest source
 
 
-def launch_options() -> dict[str, Any]:
-    """`launch()` keywords that belong to the app's look and limits rather than to where it runs."""
+def launch_options(demo: gr.Blocks | None = None, rest: Any = None) -> dict[str, Any]:
+    """`launch()` keywords that belong to the app's look, limits and routes rather than to where
+    it runs: the takes' audio (`demo`'s history) and the REST queues (`rest.RestQueue`), served by
+    gradio's own server."""
+    routes = [*(studio.routes(demo.history) if hasattr(demo, "history") else []),
+              *(rest.routes() if rest is not None else [])]
     # show_error: gradio's own refusals (a file that was not uploaded, a file too large) reach the
     # caller with their message; ours are gr.Error already.
     return dict(theme=gr.themes.Soft(), footer_links=["api", "gradio", "settings"],
-                max_file_size=MAX_UPLOAD, show_error=True, css=CSS)
+                max_file_size=MAX_UPLOAD, show_error=True, css=CSS,
+                **({"app_kwargs": {"routes": routes}} if routes else {}))
 

@@ -41,22 +41,23 @@
     const data = wave();
     const readout = element.querySelector(".wave-readout");
     if (!data) {
-      say(readout, "Upload a source to choose the range on its waveform");
+      say(readout, "Upload a source to see its waveform here");
       return;
     }
+    if (data.readonly) return drawExtension(paint, data, width, height, readout);
     const [first, last] = shown();
     const accent = colour("--color-accent", "#6366f1");
     const left = pixel(Math.min(data.start, data.end)), right = pixel(Math.max(data.start, data.end));
-    paint.fillStyle = colour("--body-text-color-subdued", "#888");
-    const count = data.peaks.length;
-    for (let x = 0; x < width; x++) {
-      const from = Math.floor((first + (last - first) * x / width) / data.duration * count);
-      const to = Math.max(from + 1, Math.floor((first + (last - first) * (x + 1) / width) / data.duration * count));
-      let level = 0;
-      for (let i = Math.max(0, from); i < Math.min(count, to); i++) level = Math.max(level, data.peaks[i]);
-      const bar = Math.max(1, level * (height - 4));
-      paint.fillRect(x, (height - bar) / 2, 1, bar);
+    drawPeaks(paint, data, first, last, 0, width, height);
+    paint.fillStyle = accent;  // the other marked ranges: a lighter tint, not dragged here
+    for (const [start, end] of data.others || []) {
+      paint.globalAlpha = 0.18;
+      paint.fillRect(pixel(start), 0, pixel(end) - pixel(start), height);
+      paint.globalAlpha = 0.6;
+      paint.fillRect(pixel(start), 0, 1, height);
+      paint.fillRect(pixel(end) - 1, 0, 1, height);
     }
+    paint.globalAlpha = 1;
     paint.fillStyle = accent;  // the range over the peaks, tinted, between its two edges
     paint.globalAlpha = 0.35;
     paint.fillRect(left, 0, right - left, height);
@@ -67,6 +68,39 @@
         (view ? ` (showing ${first.toFixed(1)}–${last.toFixed(1)} s)` : ""));
   }
 
+  // The peaks of the seconds first..last, drawn over the pixels x0..x0 + pixels.
+  function drawPeaks(paint, data, first, last, x0, pixels, height) {
+    paint.fillStyle = colour("--body-text-color-subdued", "#888");
+    const count = data.peaks.length;
+    for (let x = 0; x < pixels; x++) {
+      const from = Math.floor((first + (last - first) * x / pixels) / data.duration * count);
+      const to = Math.max(from + 1, Math.floor((first + (last - first) * (x + 1) / pixels) / data.duration * count));
+      let level = 0;
+      for (let i = Math.max(0, from); i < Math.min(count, to); i++) level = Math.max(level, data.peaks[i]);
+      const bar = Math.max(1, level * (height - 4));
+      paint.fillRect(x0 + x, (height - bar) / 2, 1, bar);
+    }
+  }
+
+  // Outpaint: the whole source, kept as it is, between the new seconds before and after it.
+  function drawExtension(paint, data, width, height, readout) {
+    const before = data.before || 0, after = data.after || 0;
+    const total = before + data.duration + after;
+    const x = (time) => (time + before) / total * width;
+    drawPeaks(paint, data, 0, data.duration, x(0), x(data.duration) - x(0), height);
+    paint.fillStyle = colour("--color-accent", "#6366f1");
+    paint.globalAlpha = 0.35;
+    if (before) paint.fillRect(0, 0, x(0), height);
+    if (after) paint.fillRect(x(data.duration), 0, width - x(data.duration), height);
+    paint.globalAlpha = 1;
+    paint.fillRect(x(0) - 1, 0, 2, height);
+    paint.fillRect(x(data.duration) - 1, 0, 2, height);
+    say(readout, `kept: the whole ${data.duration.toFixed(2)} s source` +
+        (before ? `; new: ${before.toFixed(2)} s before` : "") +
+        (after ? `${before ? "," : "; new:"} ${after.toFixed(2)} s after` : "") +
+        ` → ${total.toFixed(2)} s`);
+  }
+
   function set(start, end) {
     props.value = {...props.value, start: Math.round(start * 1000) / 1000,
                    end: Math.round(end * 1000) / 1000};
@@ -75,7 +109,7 @@
 
   function zoom(factor, centre) {
     const data = wave();
-    if (!data) return;
+    if (!data || data.readonly) return;
     const [first, last] = shown();
     const middle = centre ?? (first + last) / 2;
     const span = Math.min(data.duration, Math.max(0.5, (last - first) * factor));
@@ -86,7 +120,7 @@
 
   element.addEventListener("pointerdown", (event) => {
     const data = wave();
-    if (!data || event.target !== canvas()) return;
+    if (!data || data.readonly || event.target !== canvas()) return;
     const time = seconds(event);
     const near = (edge) => Math.abs(pixel(data[edge]) - pixel(time)) <= EDGE_PX;
     if (near("start")) drag = {edge: "start", anchor: data.end};
@@ -123,7 +157,8 @@
   new ResizeObserver(() => draw()).observe(element);
   let last = null;
   setInterval(() => {  // a value set by the server (a new source, typed fields) redraws
-    const now = JSON.stringify(props.value && [props.value.start, props.value.end, props.value.duration]);
+    const now = JSON.stringify(props.value && [props.value.start, props.value.end, props.value.duration,
+                                               props.value.others, props.value.before, props.value.after]);
     if (now !== last) { last = now; if (!props.value || !props.value.peaks) view = null; draw(); }
   }, 200);
   draw();

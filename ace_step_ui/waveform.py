@@ -80,3 +80,14 @@ def with_range(wave: dict[str, Any] | None, start: float | None, start_anchor: s
     low = min(max(from_start(start, start_anchor, duration), 0.0), duration)
     high = min(max(from_start(end, end_anchor, duration), 0.0), duration)
     return {**wave, "start": round(low, 3), "end": round(high, 3)}
+
+
+def with_extension(wave: dict[str, Any] | None, before: float | None, after: float | None
+                   ) -> dict[str, Any] | None:
+    """`wave` as the Outpaint tab shows it: the whole source kept, between the new seconds
+    `before` and `after` it (drawn, not dragged)."""
+    if not wave:
+        return None
+    kept = {name: value for name, value in wave.items() if name not in ("start", "end", "others")}
+    return {**kept, "before": max(0.0, float(before or 0.0)), "after": max(0.0, float(after or 0.0)),
+            "readonly": True}

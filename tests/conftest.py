@@ -123,18 +123,22 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def serve(model: Path, allowed_folders: tuple[Path, ...] = (), planner: Path | None = None):
+def serve(model: Path, allowed_folders: tuple[Path, ...] = (), planner: Path | None = None,
+          data_dir: Path | None = None, port: int | None = None):
     """The app with `model` as the default, launched on a free loopback port; visitors may name
-    files in `allowed_folders` (the operator's --allow-path); `planner` is its --planner."""
+    files in `allowed_folders` (the operator's --allow-path); `planner` is its --planner; the
+    takes are kept under `data_dir` (a temp folder without one), and it listens on `port` (a
+    free one without)."""
     from ace_step_ui.engines import EngineManager, known_models
     from ace_step_ui.ui import build_app, launch_options
 
     manager = EngineManager(device="cpu", planner=str(planner or ""))
-    demo = build_app(manager, str(model), known_models(), allowed_folders)
+    demo = build_app(manager, str(model), known_models(), allowed_folders, data_dir)
     _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1",
-                            server_port=free_port(), quiet=True, **launch_options())
+                            server_port=port or free_port(), quiet=True, **launch_options(demo))
     try:
-        yield SimpleNamespace(url=url, manager=manager, demo=demo, model=str(model))
+        yield SimpleNamespace(url=url, manager=manager, demo=demo, model=str(model),
+                              history=demo.history)
     finally:
         demo.close()
 

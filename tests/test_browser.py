@@ -469,3 +469,16 @@ def test_the_inpaint_range_is_dragged_on_the_waveform_and_follows_the_fields(pag
     page.locator("#inpaint-waveform .wave-zoom-in").click()
     expect(readout).to_contain_text("showing 1.0–3.0 s")
     screenshot(page, "inpaint-range-zoomed")
+
+
+def test_the_outpaint_tab_shows_the_source_kept_between_the_new_parts(page, sine_wav):
+    page.get_by_role("tab", name="Outpaint").click()
+    readout = page.locator("#outpaint-waveform .wave-readout")
+    expect(readout).to_have_text("Upload a source to see its waveform here")
+    page.locator("#outpaint-audio input[type=file]").set_input_files(str(sine_wav))
+    expect(readout).to_have_text("kept: the whole 4.00 s source; new: 30.00 s after → 34.00 s",
+                                 timeout=15_000)
+    fill_number(page, "outpaint-extend_before_duration", 5)
+    expect(readout).to_have_text("kept: the whole 4.00 s source; new: 5.00 s before, 30.00 s "
+                                 "after → 39.00 s")
+    screenshot(page, "outpaint-kept-and-new")

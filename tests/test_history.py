@@ -335,3 +335,27 @@ def test_recipe_command_bad_files_exit_with_one_line(content, code, message, tmp
         recipe.write_text(content)
     done, printed, errors = run_cli(capsys, "recipe", recipe)
     assert (done, printed, len(errors)) == (code, [], 1) and message in errors[0]
+
+
+def test_a_take_s_source_is_kept_once_for_replay_and_goes_with_its_last_take(store, tmp_path):
+    upload = tone(tmp_path / "upload.wav", 550, seconds=2.0)
+    song = store.add(ALICE, tone(tmp_path / "song.wav", 220), params("generate", 1), new_run_id(), 0)
+    assert store.source_path(ALICE, song.id) is None  # made from nothing
+    first, second = (store.add(ALICE, tone(tmp_path / f"edit{n}.wav", 330), params("inpaint", n),
+                               new_run_id(), 0, source_path=upload) for n in (2, 3))
+    kept = store.source_path(ALICE, first.id)
+    assert kept is not None and kept.read_bytes() == upload.read_bytes()
+    assert store.source_path(ALICE, second.id) == kept  # one copy for both
+    assert store.source_path(BOB, first.id) is None
+    upload.unlink()  # the page's upload goes; the replay source stays
+    store.delete(ALICE, first.id)
+    assert kept.is_file()
+    store.delete(ALICE, second.id)
+    assert not kept.exists()
+    child_source = tmp_path / "copy.wav"  # a take's own bytes: the parent's file is its source
+    shutil.copyfile(store.path(song.id, song.file), child_source)
+    child = store.add(ALICE, tone(tmp_path / "child.wav", 440), params("inpaint", 4), new_run_id(),
+                      0, source_path=child_source)
+    assert store.source_path(ALICE, child.id) == store.path(song.id, song.file)
+    store.delete(ALICE, song.id)  # the parent goes; the kept copy of its bytes replays the child
+    assert store.source_path(ALICE, child.id).read_bytes() == child_source.read_bytes()

@@ -27,7 +27,7 @@ from ace_step_ui import remote, rest as rest_module
 from ace_step_ui.access import RemoteAccess
 from ace_step_ui.engines import EngineManager
 from ace_step_ui.hosted import parse_model_id
-from ace_step_ui.rest import ApiError, RestQueue, launch_routes
+from ace_step_ui.rest import ApiError, RestQueue
 from conftest import free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -85,8 +85,8 @@ def served_rest(tiny_v15, tiny_v1, tiny_planner, tmp_path_factory):
     queue = RestQueue(manager, RemoteAccess(tuple(models)), tmp_path_factory.mktemp("rest-data"),
                       (KEY_A, KEY_B), queue_limit=60).start()
     _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1",
-                            server_port=free_port(), quiet=True, **launch_options(),
-                            **launch_routes(queue))
+                            server_port=free_port(), quiet=True,
+                            **launch_options(demo, queue))
     try:
         yield SimpleNamespace(base=url.rstrip("/"), url=url, queue=queue, manager=manager,
                               models=models)

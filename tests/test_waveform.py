@@ -34,3 +34,11 @@ def test_the_fields_become_a_range_from_the_start():
     assert waveform.with_range(wave, 10, "start", 5, "end") == {**wave, "start": 10.0, "end": 95.0}
     assert waveform.with_range(wave, 0, "start", 500, "start")["end"] == 100.0  # clamped
     assert waveform.with_range(None, 1, "start", 2, "start") is None
+
+
+def test_the_outpaint_view_keeps_the_whole_source_between_the_new_parts():
+    wave = {"duration": 12.0, "peaks": [0.5, 1.0], "start": 1.0, "end": 2.0}
+    shown = waveform.with_extension(wave, 5, None)
+    assert shown == {"duration": 12.0, "peaks": [0.5, 1.0], "before": 5.0, "after": 0.0,
+                     "readonly": True}
+    assert waveform.with_extension(None, 1, 1) is None

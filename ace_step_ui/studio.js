@@ -1,0 +1,238 @@
+// The studio: every take of this browser (or --auth user), grouped by the run that made them,
+// side by side; and an A/B player. gradio runs this once with `element`, `props` (props.value:
+// {takes: [take summary, ...]}) and `trigger`. An action on a take (replay, send, recipe,
+// delete) sets props.value.action and triggers "select"; the server answers with the new list.
+(() => {
+  const FADE_S = 0.01;  // the A/B switch: a 10 ms crossfade, no gap, no click
+  const ab = {a: null, b: null, side: "a", ctx: null, buffers: {}, gains: {}, match: {a: 1, b: 1},
+              sources: [], playing: false, offset: 0, startedAt: 0, loading: 0};
+
+  const root = () => element.querySelector(".studio");
+  const takes = () => (props.value && props.value.takes) || [];
+  const byId = (id) => takes().find((take) => take.id === id) || null;
+  const make = (tag, attributes = {}, text = "") => {
+    const node = document.createElement(tag);
+    for (const [name, value] of Object.entries(attributes)) node.setAttribute(name, value);
+    if (text) node.textContent = text;  // text, never markup: tags and lyrics are the user's
+    return node;
+  };
+  const clock = (epoch) => new Date(epoch * 1000).toLocaleString([], {
+    month: "short", day: "numeric", hour: "2-digit", minute: "2-digit", second: "2-digit"});
+  const label = (take) => `${take.task} · seed ${take.seed}`;
+  const send = (kind, take, target = "") => {
+    props.value = {...props.value, action: {kind, id: take.id, target, nonce: Date.now()}};
+    trigger("select");
+  };
+
+  function card(take) {
+    const node = make("div", {class: "take-card", "data-id": take.id, "data-seed": take.seed});
+    const head = make("div", {class: "take-head"});
+    head.append(make("b", {}, `seed ${take.seed}`),
+                make("span", {}, ` · ${take.task} · ${take.model_label || take.model}`));
+    node.append(head, make("div", {class: "take-tags", title: take.lyrics || ""},
+                           take.tags || "(no tags)"));
+    if (take.parent) {
+      const parent = byId(take.parent);
+      node.append(make("div", {class: "take-parent"},
+                       parent ? `from ${label(parent)}, ${clock(parent.created)}`
+                              : "from an earlier take (deleted)"));
+    }
+    const player = make("audio", {controls: "", preload: "none", src: take.url});
+    node.append(player, make("div", {class: "take-time"},
+                             `${clock(take.created)} · ${(take.duration_s || 0).toFixed(1)} s`));
+    const actions = make("div", {class: "take-actions"});
+    const button = (text, what, title) => {
+      const item = make("button", {type: "button", "data-act": what, title}, text);
+      actions.append(item);
+      return item;
+    };
+    button("Replay", "replay", "Fill this take's tab with its settings and seed");
+    for (const target of ["inpaint", "outpaint", "edit"]) {
+      button(`→ ${target[0].toUpperCase()}${target.slice(1)}`, `send-${target}`,
+             `Use this take as the source of ${target}`);
+    }
+    const download = make("a", {href: take.url, download: take.file, class: "take-download"},
+                          "Download");
+    actions.append(download);
+    button("Recipe", "recipe", "The chain of steps that made this take, as a replayable JSON");
+    button("Delete", "delete", "Delete this take");
+    button("A", "ab-a", "Compare this take as A");
+    button("B", "ab-b", "Compare this take as B");
+    node.append(actions);
+    return node;
+  }
+
+  function drawList() {
+    const list = element.querySelector(".takes-list");
+    if (!list) return;
+    const key = JSON.stringify(takes().map((take) => take.id)) + `|${ab.a}|${ab.b}`;
+    if (list.dataset.key === key) return;
+    list.dataset.key = key;
+    list.replaceChildren();
+    if (!takes().length) {
+      list.append(make("div", {class: "takes-empty"},
+                       "Your takes appear here, kept across reloads: run a tab to make one."));
+      return;
+    }
+    const runs = [];
+    for (const take of takes()) {  // newest first; a run's takes stay together
+      const last = runs[runs.length - 1];
+      if (last && last.id === take.run_id) last.takes.push(take);
+      else runs.push({id: take.run_id, takes: [take]});
+    }
+    for (const run of runs) {
+      run.takes.sort((one, two) => one.index - two.index);
+      const group = make("div", {class: "take-run", "data-run": run.id});
+      const first = run.takes[0];
+      group.append(make("div", {class: "run-head"},
+                        `${first.task} · ${run.takes.length} take${run.takes.length > 1 ? "s" : ""}`
+                        + ` · ${clock(first.created)}`));
+      const row = make("div", {class: "take-row"});
+      for (const take of run.takes) {
+        const node = card(take);
+        if (take.id === ab.a) node.classList.add("is-a");
+        if (take.id === ab.b) node.classList.add("is-b");
+        row.append(node);
+      }
+      group.append(row);
+      list.append(group);
+    }
+  }
+
+  // The A/B player: both takes play together from one clock, only one heard; switching moves the
+  // gain, so the playhead is the same and there is no gap. Each is scaled to the quieter one's
+  // RMS level (loudness-matched; never boosted, so never clipped).
+  const rms = (buffer) => {
+    let sum = 0, count = 0;
+    for (let channel = 0; channel < buffer.numberOfChannels; channel++) {
+      const data = buffer.getChannelData(channel);
+      for (let i = 0; i < data.length; i++) sum += data[i] * data[i];
+      count += data.length;
+    }
+    return Math.sqrt(sum / Math.max(count, 1)) || 1e-9;
+  };
+  const position = () => (ab.playing && ab.ctx
+                          ? ab.offset + ab.ctx.currentTime - ab.startedAt : ab.offset);
+  const longest = () => Math.max(0, ...["a", "b"].map((s) => (ab.buffers[s] || {}).duration || 0));
+
+  async function choose(side, take) {
+    stop();
+    ab[side] = take.id;
+    ab.buffers[side] = null;
+    ab.loading += 1;
+    status();
+    try {
+      ab.ctx = ab.ctx || new AudioContext();
+      const response = await fetch(take.url);
+      const buffer = await ab.ctx.decodeAudioData(await response.arrayBuffer());
+      if (ab[side] === take.id) ab.buffers[side] = buffer;
+    } catch (error) {
+      ab[side] = null;
+      console.error("A/B: cannot load the take", error);
+    } finally {
+      ab.loading -= 1;
+    }
+    if (ab.buffers.a && ab.buffers.b) {
+      const levels = {a: rms(ab.buffers.a), b: rms(ab.buffers.b)};
+      const quiet = Math.min(levels.a, levels.b);
+      ab.match = {a: quiet / levels.a, b: quiet / levels.b};
+    }
+    ab.offset = 0;
+    drawList();
+    status();
+  }
+
+  function play() {
+    if (!ab.buffers.a || !ab.buffers.b || ab.playing) return;
+    ab.ctx.resume();
+    if (ab.offset >= longest()) ab.offset = 0;
+    const at = ab.ctx.currentTime + 0.02;
+    ab.sources = [];
+    for (const side of ["a", "b"]) {
+      const source = ab.ctx.createBufferSource();
+      source.buffer = ab.buffers[side];
+      const gain = ab.ctx.createGain();
+      gain.gain.value = side === ab.side ? ab.match[side] : 0;
+      source.connect(gain).connect(ab.ctx.destination);
+      if (ab.offset < source.buffer.duration) source.start(at, ab.offset);
+      ab.sources.push(source);
+      ab.gains[side] = gain;
+    }
+    ab.startedAt = at;
+    ab.playing = true;
+    status();
+  }
+
+  function stop() {
+    if (!ab.playing) return;
+    ab.offset = Math.max(0, position());
+    for (const source of ab.sources) { try { source.stop(); } catch (error) { /* not started */ } }
+    ab.sources = [];
+    ab.playing = false;
+    status();
+  }
+
+  function pick(side) {
+    ab.side = side;
+    if (ab.playing) {
+      const now = ab.ctx.currentTime;
+      for (const which of ["a", "b"]) {
+        const gain = ab.gains[which].gain;
+        gain.cancelScheduledValues(now);
+        gain.setValueAtTime(gain.value, now);
+        gain.linearRampToValueAtTime(which === side ? ab.match[which] : 0, now + FADE_S);
+      }
+    }
+    status();
+  }
+
+  const decibels = (ratio) => `${(20 * Math.log10(ratio)).toFixed(1)} dB`;
+  const minutes = (seconds) => `${Math.floor(seconds / 60)}:${(seconds % 60).toFixed(1).padStart(4, "0")}`;
+  function status() {
+    const bar = element.querySelector(".ab-bar");
+    if (!bar) return;
+    if (ab.playing && position() >= longest()) stop();
+    const a = byId(ab.a), b = byId(ab.b);
+    const write = (selector, text) => {
+      const node = bar.querySelector(selector);
+      if (node && node.textContent !== text) node.textContent = text;
+    };
+    write(".ab-a", `A: ${a ? label(a) : "pick a take's A"}`);
+    write(".ab-b", `B: ${b ? label(b) : "pick a take's B"}`);
+    write(".ab-play", ab.playing ? "Pause" : "Play");
+    write(".ab-time", minutes(Math.max(0, position())));
+    write(".ab-match", ab.buffers.a && ab.buffers.b
+          ? `level-matched: A ${decibels(ab.match.a)}, B ${decibels(ab.match.b)}`
+          : (ab.loading ? "loading…" : ""));
+    for (const side of ["a", "b"]) {
+      const toggle = bar.querySelector(`.ab-side-${side}`);
+      if (toggle) toggle.classList.toggle("is-on", ab.side === side);
+    }
+    const ready = Boolean(ab.buffers.a && ab.buffers.b);
+    Object.assign(root().dataset, {abReady: ready, abSide: ab.side, abPlaying: ab.playing,
+                                   abPosition: position().toFixed(3), abGainA: ab.match.a.toFixed(4),
+                                   abGainB: ab.match.b.toFixed(4)});
+  }
+
+  element.addEventListener("click", (event) => {
+    const target = event.target.closest("button");
+    if (!target) return;
+    if (target.classList.contains("ab-play")) return ab.playing ? stop() : play();
+    if (target.classList.contains("ab-side-a")) return pick("a");
+    if (target.classList.contains("ab-side-b")) return pick("b");
+    const what = target.dataset.act;
+    const take = byId((target.closest(".take-card") || {dataset: {}}).dataset.id);
+    if (!what || !take) return;
+    if (what === "ab-a" || what === "ab-b") return choose(what.slice(3), take);
+    if (what.startsWith("send-")) return send("send", take, what.slice(5));
+    if (what === "delete") {
+      for (const side of ["a", "b"]) if (ab[side] === take.id) { stop(); ab[side] = null; }
+    }
+    send(what, take);
+  });
+  // A value set by the server (a page load, a new take, a delete) redraws; so does a render of
+  // the template by gradio, which drops what was drawn.
+  setInterval(() => { drawList(); status(); }, 100);
+  drawList();
+  status();
+})();
