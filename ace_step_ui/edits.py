@@ -9,13 +9,16 @@
 4. it is spliced into the full-length original: every sample outside the edited range is the
    source's own, with equal-power crossfades just inside the range.
 
-The cost is set by the window, not by the track; only the output copies the whole source.
+An inpaint with extra ranges repeats 1-4 once a range (`inpaint_ranges`): the main range first,
+then the others by start time, each on a window of the track as the passes before it left it.
+The cost is set by the windows, not by the track; only the output copies the whole source.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -23,7 +26,7 @@ from . import audio as audio_ops
 from .audio import Audio
 from .engines import Engine, EngineOutput, StepCallback
 from .errors import InputError
-from .requests import InpaintRequest, OutpaintRequest
+from .requests import ExtraRange, InpaintRequest, OutpaintRequest, offset_seed
 
 MAX_WINDOW_S = 240.0  # the most a model sees at once: upstream v1's window, 1.5's longest song
 MIN_CONTEXT_S = 10.0  # an extension of nearly 240 s still hears this much of the source
@@ -58,6 +61,61 @@ def inpaint(engine: Engine, request: InpaintRequest, source: Audio, start_s: flo
                  "window_s": [window_start_s, window_end_s], "gain": gain,
                  "crossfade_s": min(fade, (end - start) // 2) / rate}
     return EngineOutput(Audio(spliced, rate), effective, output.latents, output.unused)
+
+
+@dataclass(frozen=True)
+class RepaintPass:
+    """One range of an inpaint, with the song and the seeds it is repainted with."""
+
+    start_s: float
+    end_s: float
+    tags: str
+    lyrics: str
+    seed: int
+    retake_seed: int
+
+
+def repaint_passes(request: InpaintRequest, main_range: tuple[float, float],
+                   extra_ranges: Sequence[ExtraRange], seed: int,
+                   retake_seed: int) -> list[RepaintPass]:
+    """The main range with the run's seeds (as a one-range inpaint runs it), then the extra ranges
+    by start time, each with its own tags and lyrics or else the request's."""
+    passes = [RepaintPass(*main_range, request.tags, request.lyrics, seed, retake_seed)]
+    by_start = sorted(extra_ranges, key=lambda extra: extra.start_time)
+    for index, extra in enumerate(by_start, 1):
+        # A stride of 2: with a derived retake seed (seed + 1) no two passes share a seed.
+        seeds = offset_seed(seed, 2 * index), offset_seed(retake_seed, 2 * index)
+        passes.append(RepaintPass(extra.start_time, extra.end_time,
+                                  extra.tags if extra.tags.strip() else request.tags,
+                                  extra.lyrics if extra.lyrics.strip() else request.lyrics, *seeds))
+    return passes
+
+
+def inpaint_ranges(engine: Engine, request: InpaintRequest, source: Audio,
+                   main_range: tuple[float, float], extra_ranges: Sequence[ExtraRange], seed: int,
+                   retake_seed: int, on_step: StepCallback) -> EngineOutput:
+    """`source` with the main range and each extra range repainted, one pass a range
+    (`repaint_passes`); with no extra ranges, `inpaint` itself."""
+    if not extra_ranges:
+        return inpaint(engine, request, source, *main_range, seed, retake_seed, on_step)
+    passes = repaint_passes(request, main_range, extra_ranges, seed, retake_seed)
+    audio, done, main = source, [], None
+    for index, planned in enumerate(passes):
+        song = dataclasses.replace(request, tags=planned.tags, lyrics=planned.lyrics)
+        output = inpaint(engine, song, audio, planned.start_s, planned.end_s, planned.seed,
+                         planned.retake_seed, offset_steps(on_step, index, len(passes)))
+        audio = output.audio
+        if main is None:
+            main = output
+        done.append({"start_s": planned.start_s, "end_s": planned.end_s, "tags": planned.tags,
+                     "lyrics": planned.lyrics, "seed": planned.seed,
+                     "retake_seed": planned.retake_seed, "window_s": output.effective["window_s"],
+                     "gain": output.effective["gain"],
+                     "crossfade_s": output.effective["crossfade_s"]})
+    assert main is not None
+    # The engine's values and latents are the main range's, as `range_s` is; each pass's are in
+    # "ranges", in the order they ran.
+    return EngineOutput(audio, {**main.effective, "ranges": done}, main.latents, main.unused)
 
 
 def splice(original: torch.Tensor, new: torch.Tensor, start: int, fade_frames: int) -> torch.Tensor:

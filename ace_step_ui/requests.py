@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import math
 import random
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 from .errors import InputError
 
@@ -52,6 +54,12 @@ LANGUAGES = (  # upstream's VALID_LANGUAGES, less "unknown"
     "hr", "ht", "hu", "id", "is", "it", "ja", "ko", "la", "lt", "ms", "ne", "nl", "no", "pa", "pl",
     "pt", "ro", "ru", "sa", "sk", "sr", "sv", "sw", "ta", "te", "th", "tl", "tr", "uk", "ur", "vi",
     "yue", "zh")
+# Inpaint's extra ranges: each repainted in its own pass, so each is one edit's length at most.
+MAX_EXTRA_RANGES = 8
+RANGE_KEYS = ("start_time", "end_time", "tags", "lyrics")
+RANGE_EXAMPLE = '[{"start_time": 40, "end_time": 48, "tags": "jazz, brass", "lyrics": ""}]'
+# The JSON text form: every range's tags and lyrics at their longest, each character \u-escaped.
+MAX_RANGES_CHARS = MAX_EXTRA_RANGES * (2 * 6 * MAX_TEXT_CHARS + 200)
 KEYSCALE = re.compile(r"([A-G])\s*(#|b|♯|♭)?\s+(major|minor)", re.IGNORECASE)
 V1_ONLY = " ACE-Step v1 only."
 
@@ -124,7 +132,10 @@ class Request:
         return name in self.explicit
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in public_fields(type(self))}
+        """The parameters as JSON has them (extra ranges as objects)."""
+        return {f.name: ([dataclasses.asdict(extra) for extra in getattr(self, f.name)]
+                         if _field_kind(f) == "range_list" else getattr(self, f.name))
+                for f in public_fields(type(self))}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -203,6 +214,17 @@ class SourceRequest(BaseRequest):
                     max_length=MAX_SOURCE_CHARS)
 
 
+@dataclass(frozen=True)
+class ExtraRange:
+    """One more range an inpaint repaints, in seconds from the track's start; empty tags or lyrics
+    are the request's own."""
+
+    start_time: float
+    end_time: float
+    tags: str = ""
+    lyrics: str = ""
+
+
 @dataclass(frozen=True, kw_only=True)
 class InpaintRequest(SourceRequest):
     start_time: float = _param(0.0, "Start of the edited range in seconds, from the chosen anchor.",
@@ -221,6 +243,14 @@ class InpaintRequest(SourceRequest):
                                              "edge of the range (at most half the range); outside "
                                              "the range every sample is the original's.",
                                        minimum=0.0, maximum=10.0, advanced=True)
+    extra_ranges: tuple[ExtraRange, ...] = _param(
+        (), f"More ranges to repaint in the same run, each with its own tags and lyrics (empty = "
+            f"the request's): up to {MAX_EXTRA_RANGES} of {{start_time, end_time, tags, lyrics}} "
+            f"in seconds from the track's start, anywhere in it (past the first 240 s too), each "
+            f"{MIN_EDIT_SECONDS:g}–{MAX_EDIT_SECONDS:g} s long; none may overlap the main range "
+            f"or another. They run after the main range, by start time, each hearing the track "
+            f"as the ranges before it left it. E.g. {RANGE_EXAMPLE}.",
+        max_length=MAX_RANGES_CHARS)
 
     task = "inpaint"
 
@@ -316,7 +346,8 @@ REQUEST_TYPES: dict[str, type[Request]] = {
     "complete": CompleteRequest, "prompt_to_audio": PromptToAudioRequest,
 }
 ALIASES = {"audio_url": "audio", "reference_audio_url": "reference_audio"}
-KINDS = {"str": "str", "int": "int", "float": "float", "bool": "bool", "tuple[int, ...]": "int_list"}
+KINDS = {"str": "str", "int": "int", "float": "float", "bool": "bool",
+         "tuple[int, ...]": "int_list", "tuple[ExtraRange, ...]": "range_list"}
 TRUE_WORDS, FALSE_WORDS = ("true", "1"), ("false", "0")
 
 
@@ -369,7 +400,8 @@ def _request_type(task: str) -> type[Request]:
 
 def is_default(task: str, name: str, value: Any) -> bool:
     """Whether `value`, as a form or API sends it, means `name`'s default (an empty oss_steps text
-    is the empty schedule); a value that fails validation is not the default."""
+    is the empty schedule, an empty list or text no extra ranges); a value that fails validation is
+    not the default."""
     spec = {f.name: f for f in public_fields(_request_type(task))}[name]
     if value is None:
         return True
@@ -398,6 +430,8 @@ def _coerce(spec: dataclasses.Field, raw: Any) -> Any:
         return _as_bool(name, raw)
     if kind == "int_list":
         return _as_int_list(name, raw, meta["minimum"], meta["maximum"], meta["max_length"])
+    if kind == "range_list":
+        return _as_ranges(name, raw, meta["max_length"])
     if kind == "str":
         if not isinstance(raw, str):
             raise InputError(f"'{name}' must be text, not {type(raw).__name__}")
@@ -463,6 +497,116 @@ def _as_int_list(name: str, raw: Any, low: float, high: float, max_length: int) 
         if later <= earlier:
             raise InputError(f"'{name}' must increase, but {later} follows {earlier}")
     return tuple(steps)
+
+
+def _as_ranges(name: str, raw: Any, max_length: int) -> tuple[ExtraRange, ...]:
+    """A list of {start_time, end_time, tags?, lyrics?} objects or of [start_time, end_time, tags?,
+    lyrics?] rows (a table's), or that list as JSON text; empty = none."""
+    if isinstance(raw, str):
+        _check_length(name, raw, max_length)
+        if not raw.strip():
+            return ()
+        try:
+            raw = json.loads(raw)
+        except RecursionError:
+            raise InputError(f"'{name}' is nested too deeply; give a list such as "
+                             f"{RANGE_EXAMPLE}") from None
+        except ValueError as error:
+            raise InputError(f"'{name}' is not valid JSON ({error}); give a list such as "
+                             f"{RANGE_EXAMPLE}") from None
+    if not isinstance(raw, (list, tuple)):
+        raise InputError(f"'{name}' must be a list of ranges such as {RANGE_EXAMPLE}, or that "
+                         f"list as JSON text, not {type(raw).__name__}")
+    if len(raw) > MAX_EXTRA_RANGES:
+        raise InputError(f"'{name}' has {len(raw)} ranges; at most {MAX_EXTRA_RANGES} are allowed: "
+                         f"drop some, or run the rest in a second inpaint")
+    ranges = tuple(_as_range(f"'{name}' range {number}", item)
+                   for number, item in enumerate(raw, 1))
+    check_overlaps([(f"extra range {number}", extra.start_time, extra.end_time)
+                    for number, extra in enumerate(ranges, 1)])
+    return ranges
+
+
+def _as_range(where: str, item: Any) -> ExtraRange:
+    if isinstance(item, Mapping):
+        for key in item:
+            if key not in RANGE_KEYS:
+                typed = key[:SHOWN_CHARS] if isinstance(key, str) else ""
+                close = difflib.get_close_matches(typed, RANGE_KEYS, n=1)
+                hint = f" (did you mean '{close[0]}'?)" if close else ""
+                raise InputError(f"{where} has an unknown key {_shown(key)}{hint}; a range takes "
+                                 f"{', '.join(RANGE_KEYS)}")
+        values = dict(item)
+    elif isinstance(item, (list, tuple)):
+        if not 2 <= len(item) <= len(RANGE_KEYS):
+            raise InputError(f"{where} has {len(item)} item{'s' * (len(item) != 1)}; give 2 to "
+                             f"{len(RANGE_KEYS)}: [start_time, end_time, tags, lyrics]")
+        values = dict(zip(RANGE_KEYS, item))
+    else:
+        raise InputError(f"{where} must be an object such as {RANGE_EXAMPLE[1:-1]} or a list "
+                         f"[start_time, end_time, tags, lyrics], not {type(item).__name__}")
+    start, end = (_range_seconds(where, key, values.get(key)) for key in RANGE_KEYS[:2])
+    tags, lyrics = (_range_text(where, key, values.get(key)) for key in RANGE_KEYS[2:])
+    if end <= start:
+        raise InputError(f"{where} ends at {_seconds(end)} s, {'at' if end == start else 'before'} "
+                         f"its start {_seconds(start)} s; give an end_time after its start_time")
+    spans = f"{where} ({_seconds(start)}–{_seconds(end)} s) is {_seconds(end - start)} s long"
+    if end - start < MIN_EDIT_SECONDS:
+        raise InputError(f"{spans}; a range must be at least {MIN_EDIT_SECONDS:g} s: widen it")
+    if end - start > MAX_EDIT_SECONDS:
+        raise InputError(f"{spans}; at most {MAX_EDIT_SECONDS:g} s can be regenerated in one "
+                         f"pass: split it into shorter ranges")
+    return ExtraRange(start, end, tags, lyrics)
+
+
+@contextmanager
+def _within(where: str) -> Iterator[None]:
+    """A message about one part of a value says which part it is."""
+    try:
+        yield
+    except InputError as error:
+        raise InputError(f"{where}: {error}") from None
+
+
+def _range_seconds(where: str, key: str, raw: Any) -> float:
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
+        raise InputError(f"{where} needs a {key}, in seconds from the track's start")
+    with _within(where):
+        number = _as_number(key, raw)
+    try:
+        seconds = float(number)
+    except OverflowError:  # an int past any float
+        seconds = math.inf
+    if not 0 <= seconds < math.inf:
+        raise InputError(f"{where}: '{key}' must be seconds from the track's start, 0 or more, "
+                         f"not {_fmt(number)}")
+    return seconds
+
+
+def _range_text(where: str, key: str, raw: Any) -> str:
+    if raw is None:
+        return ""
+    with _within(where):
+        if not isinstance(raw, str):
+            raise InputError(f"'{key}' must be text, not {type(raw).__name__}")
+        _check_length(key, raw, MAX_TEXT_CHARS)
+    return raw
+
+
+def check_overlaps(ranges: list[tuple[str, float, float]]) -> None:
+    """No two of the (name, start_s, end_s) ranges overlap; one may end where the next starts."""
+    ordered = sorted(ranges, key=lambda named: named[1:])
+    for (name, start, end), (later, later_start, later_end) in zip(ordered, ordered[1:]):
+        if later_start < end:
+            raise InputError(f"{later} ({_seconds(later_start)}–{_seconds(later_end)} s) overlaps "
+                             f"{name} ({_seconds(start)}–{_seconds(end)} s): start {later} at "
+                             f"{_seconds(end)} s or later, or end {name} at "
+                             f"{_seconds(later_start)} s or earlier (ranges may touch)")
+
+
+def _seconds(x: float) -> str:
+    """Seconds as messages show them: to the millisecond, without trailing zeros."""
+    return f"{x:.3f}".rstrip("0").rstrip(".")
 
 
 def _as_number(name: str, raw: Any) -> float:
@@ -566,6 +710,24 @@ def resolve_range(request: InpaintRequest, source_seconds: float) -> tuple[float
     return start, min(end, source_seconds)
 
 
+def resolve_extra_ranges(request: InpaintRequest, main_range: tuple[float, float],
+                         source_seconds: float) -> tuple[ExtraRange, ...]:
+    """The extra ranges in a source of `source_seconds`: each inside it, none overlapping another
+    or the main range (`resolve_range`'s)."""
+    inside = []
+    for number, extra in enumerate(request.extra_ranges, 1):
+        if extra.end_time > source_seconds + 1e-6:
+            raise InputError(f"extra range {number} ({_seconds(extra.start_time)}–"
+                             f"{_seconds(extra.end_time)} s) ends past the end of the "
+                             f"{_seconds(source_seconds)} s source; end it at "
+                             f"{_seconds(source_seconds)} s at the latest, or drop it")
+        inside.append(dataclasses.replace(extra, end_time=min(extra.end_time, source_seconds)))
+    check_overlaps([("the main range", *main_range)]
+                   + [(f"extra range {number}", extra.start_time, extra.end_time)
+                      for number, extra in enumerate(inside, 1)])
+    return tuple(inside)
+
+
 def _absolute(value: float, anchor: str, source_seconds: float) -> float:
     return source_seconds - value if anchor == "end" else value
 
@@ -587,9 +749,14 @@ def resolve_seed(seed: int, rng: random.Random | None = None) -> int:
     return (rng or random.SystemRandom()).randint(0, SEED_MAX)
 
 
+def offset_seed(seed: int, by: int) -> int:
+    """`seed` + `by`, wrapping at the maximum."""
+    return (seed + by) % (SEED_MAX + 1)
+
+
 def derive_retake_seed(seed: int) -> int:
     """The retake seed used when none is given: the next seed, wrapping at the maximum."""
-    return (seed + 1) % (SEED_MAX + 1)
+    return offset_seed(seed, 1)
 
 
 def is_instrumental(lyrics: str) -> bool:

@@ -1,8 +1,9 @@
 """The one path from a request to a result, shared by the UI, the Gradio API, the CLI and the tests.
 
 1. validate the request, and check that the model's family can run it (no heavy work before);
-2. fetch and read the source (and reference) audio, resolve the edited range against its duration;
-   inpaint and outpaint then run on a window of it and splice the result back (edits.py);
+2. fetch and read the source (and reference) audio, resolve the edited range (and inpaint's
+   extra ranges) against its duration; inpaint and outpaint then run on a window of it (a window a
+   range) and splice the result back (edits.py);
 3. pick the seeds;
 4. one job at a time: the planner writes the song (prompt-to-audio) or thinks it into audio
    codes (1.5's thinking) (planning.py); then load the model (first use only) and run the task;
@@ -30,9 +31,10 @@ from .engines import DEFAULT_MODEL, EngineManager, StepCallback, family_for
 from .errors import Cancelled, InputError
 from .files import staged
 from .remote import fetched_source
-from .requests import (BaseRequest, EditRequest, GenerateRequest, InpaintRequest, OutpaintRequest,
-                       PromptToAudioRequest, Request, SourceRequest, WholeTrackRequest,
-                       SEED_MAX, derive_retake_seed, parse_request, resolve_range, resolve_seed)
+from .requests import (SEED_MAX, BaseRequest, EditRequest, ExtraRange, GenerateRequest,
+                       InpaintRequest, OutpaintRequest, PromptToAudioRequest, Request, SourceRequest,
+                       WholeTrackRequest, derive_retake_seed, parse_request, resolve_extra_ranges,
+                       resolve_range, resolve_seed)
 
 APP_NAME = "ace_step_ui"
 PLANNING, DIFFUSION = "planning", "diffusion"  # what `on_step` counts: LM tokens, or steps
@@ -115,10 +117,12 @@ def run_takes(task: str, payload: Mapping[str, Any], manager: EngineManager, mod
             source_info["reference"] = describe(reference)
         downloads.close()  # read into memory: a downloaded file is not needed any more
         edit_range: tuple[float, float] | None = None
+        extra_ranges: tuple[ExtraRange, ...] = ()
         if isinstance(request, InpaintRequest):
             assert source is not None
             request, fitted = fit_defaults(request, source.duration_s)
             edit_range = resolve_range(request, source.duration_s)
+            extra_ranges = resolve_extra_ranges(request, edit_range, source.duration_s)
             source_info["range_s"] = list(edit_range)
             if fitted:
                 source_info["fitted"] = fitted
@@ -158,8 +162,8 @@ def run_takes(task: str, payload: Mapping[str, Any], manager: EngineManager, mod
                                              **({"audio_codes": codes} if codes else {}))
                 elif isinstance(request, InpaintRequest):
                     assert source is not None and edit_range is not None
-                    output = edits.inpaint(engine, request, source, *edit_range, seed, retake_seed,
-                                           step)
+                    output = edits.inpaint_ranges(engine, request, source, edit_range,
+                                                  extra_ranges, seed, retake_seed, step)
                 elif isinstance(request, WholeTrackRequest):  # edit, cover and the stem tasks
                     assert source is not None
                     output = getattr(engine, task)(request, source, seed, retake_seed, step)

@@ -70,7 +70,19 @@ JSON_TYPES: dict[str, dict[str, Any]] = {
     "str": {"type": "string"}, "int": {"type": "integer"}, "float": {"type": "number"},
     "bool": {"type": "boolean"},
     "int_list": {"anyOf": [{"type": "array", "items": {"type": "integer"}}, {"type": "string"}]},
+    "range_list": {"anyOf": [
+        {"type": "array", "items": {
+            "type": "object", "required": ["start_time", "end_time"],
+            "properties": {"start_time": {"type": "number"}, "end_time": {"type": "number"},
+                           "tags": {"type": "string"}, "lyrics": {"type": "string"}}}},
+        {"type": "string"}]},
 }
+# The table of inpaint's extra ranges: a row is [start_time, end_time, tags, lyrics].
+RANGE_HEADERS = ["Start (s)", "End (s)", "Tags", "Lyrics"]
+RANGE_TYPES = ["number", "number", "str", "str"]
+RANGES_NOTE = ("Each row is one more range to repaint in the same run, in seconds from the track's "
+               "start (anywhere in it, 1–240 s long), with its own tags and lyrics; blank ones are "
+               "the Tags and Lyrics below. Ranges may touch but not overlap.")
 OSS_PLACEHOLDER = "e.g. 16, 29, 52, 76, 100"
 PRESET_PARAMS = ("number_of_steps", "guidance_scale")  # what a model may preset differently
 LYRICS_HINT = ("Put section markers on their own lines: `[verse]`, `[chorus]`, `[bridge]`, "
@@ -92,7 +104,8 @@ LABELS = {"tags": "Tags", "lyrics": "Lyrics", "seed": "Seed", "duration": "Durat
           "audio_cover_strength": "Cover strength", "track_name": "Track",
           "track_classes": "Tracks to add", "prompt": "Prompt", "instrumental": "Instrumental",
           "bpm": "BPM", "keyscale": "Key", "timesignature": "Time signature",
-          "vocal_language": "Vocal language", "thinking": "Thinking (5 Hz LM audio codes)"}
+          "vocal_language": "Vocal language", "thinking": "Thinking (5 Hz LM audio codes)",
+          "extra_ranges": "More ranges (each with its own tags and lyrics)"}
 # Time signatures by beats per bar, as ACE-Step 1.5 takes them; 0 leaves it to the model.
 TIME_SIGNATURE_CHOICES = [("not given", 0), ("2/4", 2), ("3/4", 3), ("4/4", 4), ("6/8", 6)]
 PLANNER_NOTE = ("The planner loads on the first run (upstream's 1.7B LM by default; the server's "
@@ -202,6 +215,12 @@ def _component(task: str, name: str, spec: dict[str, Any], **overrides: Any) -> 
         return gr.Checkbox(value=default, **common)
     if spec["type"] == "int_list":
         return gr.Textbox(value=", ".join(map(str, default)), placeholder=OSS_PLACEHOLDER, **common)
+    if spec["type"] == "range_list":
+        common.pop("info")  # a table has none: the tab says what a row is
+        # Four fixed columns (gradio still reads the (count, "fixed") form); rows come and go.
+        return gr.Dataframe(value=[], headers=RANGE_HEADERS, datatype=RANGE_TYPES,
+                            column_count=(len(RANGE_HEADERS), "fixed"), interactive=True,
+                            **common)
     if spec["type"] == "str":
         return gr.Textbox(value=default, **common)
     if spec["type"] == "int" and high is not None and high - (low or 0) > 1000:
@@ -304,6 +323,7 @@ def _endpoint(task: str, jobs: _Jobs, from_api: bool) -> Callable[..., Any]:
     """
     names = _endpoint_names(task, from_api)
     advanced = set(advanced_params(task))
+    tables = {name for name, spec in schema(task).items() if spec["type"] == "range_list"}
 
     async def endpoint(*args: Any) -> tuple[str, int, dict[str, Any]]:
         *values, request, progress = args
@@ -316,9 +336,16 @@ def _endpoint(task: str, jobs: _Jobs, from_api: bool) -> Callable[..., Any]:
                 presets = model_presets(jobs.access.model(model), task)
             except InputError:
                 presets = {}  # submit says what is wrong with the model
-            payload = {name: value for name, value in given.items()
-                       if not (name in advanced and (is_default(task, name, value)
-                                                     or _is_preset(presets, name, value)))}
+            payload = {}
+            for name, value in given.items():
+                if name in tables:
+                    value = table_rows(value)
+                    if not value:
+                        continue  # an empty table: no extra ranges
+                elif name in advanced and (is_default(task, name, value)
+                                           or _is_preset(presets, name, value)):
+                    continue
+                payload[name] = value
         return await jobs.submit(task, payload, model, fmt, request, progress, from_api, takes)
 
     positional = inspect.Parameter.POSITIONAL_OR_KEYWORD
@@ -336,6 +363,21 @@ def _endpoint(task: str, jobs: _Jobs, from_api: bool) -> Callable[..., Any]:
     endpoint.__doc__ = (DESCRIPTIONS[task] + "\n\nArgs:\n"
                         + "\n".join(f"    {name}: {_help(task, name)}" for name in names))
     return endpoint
+
+
+def table_rows(table: Any) -> Any:
+    """A table's payload ({"headers", "data", ...}) as its rows of [start, end, tags, lyrics],
+    without the blank ones; anything else as it came, for `parse_request` to judge."""
+    if not isinstance(table, dict) or not isinstance(table.get("data"), list):
+        return table
+    rows = [row[:len(RANGE_HEADERS)] if isinstance(row, list) else row for row in table["data"]]
+    return [row for row in rows if not (isinstance(row, list) and all(map(_blank, row)))]
+
+
+def _blank(cell: Any) -> bool:
+    """An empty cell: a new row's are "", a cleared number's None (or NaN)."""
+    return (cell is None or (isinstance(cell, str) and not cell.strip())
+            or (isinstance(cell, float) and cell != cell))
 
 
 def _is_preset(presets: dict[str, Any], name: str, value: Any) -> bool:
@@ -468,6 +510,37 @@ def _wave_range(wave: dict[str, Any] | None, start: float, start_anchor: str, en
                 end_anchor: str) -> Any:
     """The fields' range drawn on the waveform."""
     return waveform.with_range(wave, start, start_anchor, end, end_anchor) if wave else gr.skip()
+
+
+def _table_rows(table: Any) -> list[list[Any]]:
+    """The rows of a table as an event receives it (a pandas DataFrame), without blank ones."""
+    rows = table.values.tolist() if hasattr(table, "values") else table_rows(table) or []
+    return [list(row) for row in rows if isinstance(row, (list, tuple))
+            and not all(map(_blank, row))]
+
+
+def _add_range(wave: dict[str, Any] | None, start: float, start_anchor: str, end: float,
+               end_anchor: str, table: Any) -> list[list[Any]]:
+    """The range of the fields, as one more row of the extra ranges (its tags and lyrics blank:
+    the form's, until they are typed in the row)."""
+    if not wave:
+        raise gr.Error("upload the source audio first, then mark a range on its waveform",
+                       print_exception=False)
+    marked = waveform.with_range(wave, start, start_anchor, end, end_anchor) or {}
+    rows = _table_rows(table)
+    if not marked.get("end", 0) > marked.get("start", 0):
+        raise gr.Error("the range is empty: drag across the waveform, or set Start and End",
+                       print_exception=False)
+    return [*rows, [marked["start"], marked["end"], "", ""]]
+
+
+def _wave_others(wave: dict[str, Any] | None, start: float, start_anchor: str, end: float,
+                 end_anchor: str, table: Any) -> Any:
+    """The extra ranges drawn on the waveform beside the fields' range."""
+    if not wave:
+        return gr.skip()
+    return waveform.with_others(waveform.with_range(wave, start, start_anchor, end, end_anchor),
+                                _table_rows(table))
 
 
 def _new_extension(path: str | None, before: float, after: float) -> dict[str, Any] | None:
@@ -759,6 +832,10 @@ def build_app(manager: EngineManager, default_model: str, models: list[str],
                         with gr.Row():
                             end = tab.add("end_time", scale=3)
                             end_anchor = tab.add("end_time_relative_to", scale=2)
+                        add_range = gr.Button("Add this range as another one", size="sm",
+                                              elem_id="inpaint-add-range")
+                        table = tab.add("extra_ranges")
+                        gr.Markdown(RANGES_NOTE, elem_id="inpaint-extra_ranges-note")
                         tab.add("variance")
                         tab.song_controls(default_model)
                     with gr.Column(scale=2):
@@ -769,7 +846,10 @@ def build_app(manager: EngineManager, default_model: str, models: list[str],
                 end_here.click(_playhead, source, [end, end_anchor], **UI_EVENT).then(
                     _wave_range, [wave, *fields], wave, **UI_EVENT)
                 source.change(_fit_range, [source, start, end], [start, end], **UI_EVENT).then(
-                    _new_wave, [source, *fields], wave, **UI_EVENT)
+                    _new_wave, [source, *fields], wave, **UI_EVENT).then(
+                    _wave_others, [wave, *fields, table], wave, **UI_EVENT)
+                add_range.click(_add_range, [wave, *fields, table], table, **UI_EVENT)
+                table.change(_wave_others, [wave, *fields, table], wave, **UI_EVENT)
                 wave.release(_range_fields, wave, fields, **UI_EVENT)  # a drag ended
                 for field in fields:  # typed or picked by the user (not set by the two above)
                     field.input(_wave_range, [wave, *fields], wave, **UI_EVENT)

@@ -64,7 +64,9 @@
     paint.globalAlpha = 1;
     paint.fillRect(left - 1, 0, 2, height);
     paint.fillRect(right - 1, 0, 2, height);
+    const more = (data.others || []).length;
     say(readout, `${data.start.toFixed(2)} s – ${data.end.toFixed(2)} s` +
+        (more ? ` and ${more} more range${more > 1 ? "s" : ""}` : "") +
         (view ? ` (showing ${first.toFixed(1)}–${last.toFixed(1)} s)` : ""));
   }
 

@@ -91,3 +91,19 @@ def with_extension(wave: dict[str, Any] | None, before: float | None, after: flo
     kept = {name: value for name, value in wave.items() if name not in ("start", "end", "others")}
     return {**kept, "before": max(0.0, float(before or 0.0)), "after": max(0.0, float(after or 0.0)),
             "readonly": True}
+
+
+def with_others(wave: dict[str, Any] | None, rows: list[list[Any]]) -> dict[str, Any] | None:
+    """`wave` with the extra ranges of `rows` ([start, end, tags, lyrics], seconds from the start)
+    drawn beside the range being dragged; rows without two numbers are left out."""
+    if not wave:
+        return None
+    others = []
+    for row in rows:
+        try:
+            low, high = sorted((float(row[0]), float(row[1])))
+        except (TypeError, ValueError, IndexError):
+            continue
+        if low == low and high == high:  # not NaN (a cleared cell)
+            others.append([round(low, 3), round(high, 3)])
+    return {**wave, "others": others}

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+import numpy
 import soundfile
 from playwright.sync_api import Page, expect, sync_playwright
 
@@ -482,3 +483,57 @@ def test_the_outpaint_tab_shows_the_source_kept_between_the_new_parts(page, sine
     expect(readout).to_have_text("kept: the whole 4.00 s source; new: 5.00 s before, 30.00 s "
                                  "after → 39.00 s")
     screenshot(page, "outpaint-kept-and-new")
+
+
+def test_two_ranges_are_marked_on_the_waveform_and_repainted_in_one_run(page, sine_wav,
+                                                                      tmp_path):
+    page.get_by_role("tab", name="Inpaint").click()
+    upload_source(page, "inpaint", sine_wav)  # 4 s
+    canvas = page.locator("#inpaint-waveform canvas")
+
+    def drag(first: float, last: float) -> None:
+        canvas.scroll_into_view_if_needed()
+        box = canvas.bounding_box()  # where it is now: editing a cell may scroll the page
+        y = box["y"] + box["height"] / 2
+        page.mouse.move(box["x"] + box["width"] * first / 4, y)
+        page.mouse.down()
+        page.mouse.move(box["x"] + box["width"] * last / 4, y, steps=8)
+        page.mouse.up()
+
+    readout = page.locator("#inpaint-waveform .wave-readout")
+    drag(0.5, 1.5)
+    expect(readout).to_contain_text(re.compile(r"^0\.\d\d s – 1\.\d\d s$"))
+    page.locator("#inpaint-add-range").click()
+    table = page.locator("#inpaint-extra_ranges")
+    expect(table.locator('[data-testid="cell-0-0"]')).to_contain_text(re.compile(r"^\s*0\.\d+"))
+    expect(table.locator('[data-testid="cell-1-0"]')).to_have_count(0)  # one row
+    table.locator('[data-testid="cell-0-2"]').dblclick()  # the row's own tags
+    page.keyboard.type("glitch, stutter")
+    page.keyboard.press("Enter")
+    expect(table.locator('[data-testid="cell-0-2"]')).to_contain_text("glitch, stutter")
+    drag(2.5, 3.5)
+    expect(readout).to_contain_text(re.compile(r"^2\.\d\d s – 3\.\d\d s and 1 more range$"))
+    screenshot(page, "inpaint-two-ranges")
+    fill_text(page, "inpaint-tags", "lofi, piano")
+    fast_steps(page, "inpaint")
+    run_and_check_result(page, "inpaint")
+    from ace_step_ui.audio import read_metadata
+
+    link = page.locator("#inpaint-result a[download]").get_attribute("href")
+    path = tmp_path / "two-ranges.wav"
+    path.write_bytes(page.request.get(link).body())
+    params = read_metadata(path)["params"]
+    ranges = params["engine"]["ranges"]  # in run order: the dragged range, then the added one
+    assert [(item["start_s"], item["end_s"]) for item in ranges] == [
+        (pytest.approx(2.5, abs=0.1), pytest.approx(3.5, abs=0.1)),
+        (pytest.approx(0.5, abs=0.1), pytest.approx(1.5, abs=0.1))]
+    assert [item["tags"] for item in ranges] == ["lofi, piano", "glitch, stutter"]
+    assert params["request"]["extra_ranges"][0]["tags"] == "glitch, stutter"
+    source, rate = soundfile.read(str(sine_wav), dtype="float32")
+    result, _ = soundfile.read(str(path), dtype="float32")
+    assert result.shape == source.shape
+    for first, last in ((0, 0.4), (1.6, 2.4), (3.6, 4)):  # outside both ranges: the source's own
+        kept = slice(int(first * rate), int(last * rate))
+        assert numpy.array_equal(result[kept], source[kept]), (first, last)
+    assert not numpy.array_equal(result[int(0.6 * rate):int(1.4 * rate)],
+                                 source[int(0.6 * rate):int(1.4 * rate)])

@@ -24,7 +24,7 @@ from ace_step_ui import edits
 from ace_step_ui.audio import Audio, equal_power_fades, read_audio
 from ace_step_ui.engines import EngineOutput
 from ace_step_ui.errors import InputError
-from ace_step_ui.requests import parse_request
+from ace_step_ui.requests import SEED_MAX, ExtraRange, parse_request, resolve_extra_ranges
 
 REPO = Path(__file__).resolve().parents[1]
 RATE = 8000  # the stand-in engine's tests: small, so a 60-minute source is cheap
@@ -39,9 +39,12 @@ class StandIn:
 
     def __init__(self):
         self.calls = []
+        self.repainted = []  # what each repaint was given besides the range
 
     def repaint(self, request, window, start_s, end_s, seed, retake_seed, on_step):
         self.calls.append((window.duration_s, start_s, end_s))
+        self.repainted.append({"tags": request.tags, "lyrics": request.lyrics, "seed": seed,
+                               "retake_seed": retake_seed, "window": window.samples.clone()})
         rendered = window.samples * 0.5
         rendered[:, round(start_s * RATE):round(end_s * RATE)] = self.NEW
         on_step(1, 1)
@@ -110,6 +113,70 @@ def test_inpaint_on_a_60_minute_source_works_on_the_window_and_keeps_the_rest():
     tail = 2 * StandIn.NEW * fade_out + source.samples[:, end - fade:end] * fade_in
     assert torch.allclose(out.audio.samples[:, end - fade:end], tail, atol=1e-6)
     assert out.effective["window_s"] == [1790, 1820] and out.effective["crossfade_s"] == 0.5
+
+
+def test_extra_ranges_run_after_the_main_range_by_start_each_with_its_song_and_seeds():
+    source = tone(600)
+    engine = StandIn()
+    request = inpaint_request(start_time=100, end_time=110, lyrics="[verse]\nla", seed=7,
+                              context_duration=10, crossfade_duration=0.25,
+                              extra_ranges=[{"start_time": 500, "end_time": 505.5, "tags": "jazz"},
+                                            [112, 120, " ", "[inst]"]])
+    extra = resolve_extra_ranges(request, (100, 110), source.duration_s)
+    steps = []
+    out = edits.inpaint_ranges(engine, request, source, (100, 110), extra, 7, 8,
+                               lambda done, total: steps.append((done, total)))
+    # the main range first, then the others by start time; one progress bar
+    assert engine.calls == [(30.0, 10.0, 20.0), (28.0, 10.0, 18.0), (25.5, 10.0, 15.5)]
+    assert steps == [(1, 3), (2, 3), (3, 3)]
+    songs = [(call["tags"], call["lyrics"], call["seed"], call["retake_seed"])
+             for call in engine.repainted]
+    assert songs == [("lofi", "[verse]\nla", 7, 8), ("lofi", "[inst]", 9, 10),
+                     ("jazz", "[verse]\nla", 11, 12)]
+    # the second pass hears the track as the first left it: the main range's new audio
+    heard = engine.repainted[1]["window"]
+    new_main = slice(0, round(7.75 * RATE))  # 102-110 s of the source, less the fade out
+    assert torch.allclose(heard[:, new_main], torch.full_like(heard[:, new_main], 2 * StandIn.NEW))
+    # every sample outside the three ranges is the source's own; inside, the new audio
+    samples = out.audio.samples
+    assert samples.shape == source.samples.shape
+    edited = torch.zeros(source.frames, dtype=torch.bool)
+    for start_s, end_s in ((100, 110), (112, 120), (500, 505.5)):
+        start, end = round(start_s * RATE), round(end_s * RATE)
+        edited[start:end] = True
+        inside = samples[:, start + 2000:end - 2000]
+        assert torch.allclose(inside, torch.full_like(inside, 2 * StandIn.NEW))
+    assert torch.equal(samples[:, ~edited], source.samples[:, ~edited])
+    ranges = out.effective["ranges"]
+    assert [(r["start_s"], r["end_s"], r["tags"], r["seed"], r["retake_seed"]) for r in ranges] == [
+        (100, 110, "lofi", 7, 8), (112, 120, "lofi", 9, 10), (500, 505.5, "jazz", 11, 12)]
+    assert [r["window_s"] for r in ranges] == [[90, 120], [102, 130], [490, 515.5]]
+    assert all(r["gain"] == pytest.approx(2.0) and r["crossfade_s"] == 0.25 for r in ranges)
+    assert list(ranges[0]) == ["start_s", "end_s", "tags", "lyrics", "seed", "retake_seed",
+                               "window_s", "gain", "crossfade_s"]
+    assert out.effective["window_s"] == [90, 120]  # the rest is the main range's, as range_s is
+
+
+def test_one_range_is_inpaint_itself():
+    source = tone(60)
+    request = inpaint_request(start_time=20, end_time=30, context_duration=5)
+    alone = edits.inpaint(StandIn(), request, source, 20, 30, 1, 2, lambda done, total: None)
+    ranges = edits.inpaint_ranges(StandIn(), request, source, (20, 30), (), 1, 2,
+                                  lambda done, total: None)
+    assert torch.equal(alone.audio.samples, ranges.audio.samples)
+    assert alone.effective == ranges.effective and "ranges" not in ranges.effective
+
+
+def test_each_extra_pass_takes_the_seeds_two_further_on_wrapping():
+    request = inpaint_request(tags="lofi", lyrics="la")
+    extra = [ExtraRange(50, 60, "jazz"), ExtraRange(30, 40, lyrics="[inst]")]
+    passes = edits.repaint_passes(request, (10, 20), extra, SEED_MAX - 1, SEED_MAX)
+    assert passes == [edits.RepaintPass(10, 20, "lofi", "la", SEED_MAX - 1, SEED_MAX),
+                      edits.RepaintPass(30, 40, "lofi", "[inst]", 0, 1),
+                      edits.RepaintPass(50, 60, "jazz", "la", 2, 3)]
+    # a retake seed the caller chose moves along with the seed
+    assert [(p.seed, p.retake_seed) for p in edits.repaint_passes(request, (10, 20), extra, 5, 99)
+            ] == [(5, 99), (7, 101), (9, 103)]
 
 
 def test_outpaint_adds_exactly_what_was_asked_around_the_untouched_source():

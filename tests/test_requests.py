@@ -8,9 +8,9 @@ from hypothesis import strategies as st
 
 from ace_step_ui.errors import InputError
 from ace_step_ui.requests import (ALIASES, MAX_TEXT_CHARS, SEED_MAX, TASKS, TIME_SIGNATURES, TRACKS,
-                                  EditRequest,
+                                  EditRequest, ExtraRange,
                                   InpaintRequest, derive_retake_seed, is_default, parse_request,
-                                  resolve_range, resolve_seed, schema)
+                                  resolve_extra_ranges, resolve_range, resolve_seed, schema)
 
 REQUIRED = {"generate": {"tags": "lofi"}, "inpaint": {"tags": "lofi", "audio": "song.wav"},
             "outpaint": {"tags": "lofi", "audio": "song.wav"},
@@ -27,7 +27,21 @@ METADATA_VALUES = {"bpm": st.sampled_from([0, 30, 120, 300]),
                    "vocal_language": st.sampled_from(["", "en", "ZH", "yue"])}
 
 
+def separate_ranges(rows):
+    """(gap, length, tags, lyrics) rows as ranges one after another, each `gap` after the last."""
+    ranges, end = [], 0.0
+    for gap, length, tags, lyrics in rows:
+        start, end = end + gap, end + gap + length
+        ranges.append({"start_time": start, "end_time": end, "tags": tags, "lyrics": lyrics})
+    return ranges
+
+
 def valid_value(spec):
+    if spec["type"] == "range_list":  # quarter seconds: sums stay exact
+        quarters = lambda low, high: st.integers(4 * low, 4 * high).map(lambda q: q / 4)
+        row = st.tuples(quarters(0, 600), quarters(1, 240), st.text(max_size=20),
+                        st.text(max_size=20))
+        return st.lists(row, max_size=8).map(separate_ranges)
     if spec["choices"]:
         return st.sampled_from(spec["choices"])
     if spec["type"] == "str":
@@ -71,7 +85,9 @@ def test_valid_requests_pass_and_keep_their_values(task, data):
     request = parse_request(task, payload)
     for name, value in payload.items():
         got = getattr(request, name)
-        if isinstance(value, list):  # a JSON list is kept as a tuple
+        if name == "extra_ranges":  # kept as ExtraRange values; sent back as the objects
+            got = request.to_dict()[name]
+        elif isinstance(value, list):  # a JSON list is kept as a tuple
             value = tuple(value)
         assert got == value or (isinstance(value, float) and math.isclose(got, value))
     assert request.explicit == frozenset(payload)
@@ -416,7 +432,10 @@ def test_schema_names_the_kinds():
                                "original_seed"]
     assert edit["original_tags"]["required"] and edit["original_seed"]["advanced"]
     assert {spec["type"] for task in TASKS for spec in schema(task).values()} == {
-        "str", "int", "float", "bool", "int_list"}
+        "str", "int", "float", "bool", "int_list", "range_list"}
+    extra = schema("inpaint")["extra_ranges"]
+    assert extra["type"] == "range_list" and extra["default"] == () and not extra["advanced"]
+    assert list(schema("inpaint"))[-1] == "extra_ranges"  # after the hosted ones: positions hold
 
 
 @pytest.mark.parametrize("name, value, expected", [
@@ -427,6 +446,120 @@ def test_schema_names_the_kinds():
 ])
 def test_is_default_reads_form_values(name, value, expected):
     assert is_default("generate", name, value) is expected
+
+
+@pytest.mark.parametrize("value, expected", [
+    (None, True), ([], True), ("", True), ("  ", True), ("[]", True), ([[1, 2]], False),
+    ("[[1, 2]]", False), ([[2, 1]], False), ({"start_time": 1}, False),
+])
+def test_is_default_reads_extra_ranges(value, expected):
+    assert is_default("inpaint", "extra_ranges", value) is expected
+
+
+JAZZ = {"start_time": 40.0, "end_time": 48.0, "tags": "jazz", "lyrics": ""}
+SUNG = {"start_time": 300.0, "end_time": 301.5, "tags": "", "lyrics": "[verse]\nla"}
+
+
+@pytest.mark.parametrize("raw", [
+    [JAZZ, SUNG],
+    [{"start_time": 40, "end_time": "48", "tags": "jazz"}, {**SUNG, "tags": None}],
+    '[{"start_time": 40, "end_time": 48, "tags": "jazz"}, '
+    '{"start_time": 300, "end_time": 301.5, "lyrics": "[verse]\\nla"}]',
+    [[40, 48, "jazz"], [300, 301.5, "", "[verse]\nla"]],
+    [("40", "48.0", "jazz", None),
+     {"end_time": 301.5, "start_time": 300.0, "lyrics": "[verse]\nla"}],
+    '[[40, 48, "jazz"], [300, 301.5, null, "[verse]\\nla"]]',
+])
+def test_extra_ranges_take_objects_rows_or_json_text(raw):
+    request = inpaint(extra_ranges=raw)
+    assert request.extra_ranges == (ExtraRange(40.0, 48.0, "jazz", ""),
+                                    ExtraRange(300.0, 301.5, "", "[verse]\nla"))
+    assert request.to_dict()["extra_ranges"] == [JAZZ, SUNG]  # what params["request"] keeps
+    assert "extra_ranges" in request.explicit
+
+
+def test_no_extra_ranges_is_the_default_request():
+    plain = inpaint()
+    assert plain.extra_ranges == () and plain.to_dict()["extra_ranges"] == []
+    for empty in ([], "", " ", "[]"):
+        assert inpaint(extra_ranges=empty) == plain  # equal: `explicit` does not compare
+
+
+EXAMPLE = re.escape('[{"start_time": 40, "end_time": 48, "tags": "jazz, brass", "lyrics": ""}]')
+
+
+@pytest.mark.parametrize("raw, message", [
+    (5, f"'extra_ranges' must be a list of ranges such as {EXAMPLE}, or that list as JSON text, "
+        f"not int"),
+    ({"start_time": 1, "end_time": 3}, "'extra_ranges' must be a list of ranges .*, not dict"),
+    ("[[1, 3]", r"'extra_ranges' is not valid JSON \(Expecting ',' delimiter: line 1 column 8"),
+    ("[" * 100_000, "'extra_ranges' is nested too deeply"),
+    ('"1, 3"', "'extra_ranges' must be a list of ranges such as .*, not str"),
+    ("x" * 400_000, "'extra_ranges' is 400,000 characters long; at most 385,600"),
+    ([[0, 2]] * 9, "'extra_ranges' has 9 ranges; at most 8 are allowed: drop some, or run the rest "
+                   "in a second inpaint"),
+    ([[1, 3], "1-3"], f"'extra_ranges' range 2 must be an object such as {EXAMPLE[2:-2]} or a "
+                      f"list \\[start_time, end_time, tags, lyrics\\], not str"),
+    ([[1]], r"'extra_ranges' range 1 has 1 item; give 2 to 4: \[start_time, end_time, tags, "
+            r"lyrics\]"),
+    ([[1, 3, "a", "b", "c"]], "'extra_ranges' range 1 has 5 items; give 2 to 4"),
+    ([{"start": 1, "end_time": 3}], "'extra_ranges' range 1 has an unknown key 'start' \\(did you "
+                                    "mean 'start_time'\\?\\); a range takes start_time, end_time, "
+                                    "tags, lyrics"),
+    ([{"end_time": 3}], "'extra_ranges' range 1 needs a start_time, in seconds from the track's "
+                        "start"),
+    ([[1, ""]], "'extra_ranges' range 1 needs a end_time"),
+    ([[1, "x"]], "'extra_ranges' range 1: 'end_time' must be a number, not 'x'"),
+    ([[True, 3]], "'extra_ranges' range 1: 'start_time' must be a number, not True"),
+    ([[float("nan"), 3]], "'extra_ranges' range 1: 'start_time' must be a finite number"),
+    ([[-1, 3]], "'extra_ranges' range 1: 'start_time' must be seconds from the track's start, 0 or "
+                "more, not -1"),
+    ([[0, 10 ** 400]], "'end_time' must be seconds from the track's start, 0 or more, not a number "
+                       "beyond ±1e308"),
+    ([[1, 3, 7]], "'extra_ranges' range 1: 'tags' must be text, not int"),
+    ([[1, 3, "", "é" * 4001]], "'extra_ranges' range 1: 'lyrics' is 4,001 characters long; at most "
+                               "4,000 are allowed: shorten it"),
+    ([[5, 3]], r"'extra_ranges' range 1 ends at 3 s, before its start 5 s; give an end_time after "
+               r"its start_time"),
+    ([[0, 8], [5, 5]], r"'extra_ranges' range 2 ends at 5 s, at its start 5 s"),
+    ([[10, 10.5]], r"'extra_ranges' range 1 \(10–10.5 s\) is 0.5 s long; a range must be at least "
+                   r"1 s: widen it"),
+    ([[1000, 1240.25]], r"'extra_ranges' range 1 \(1000–1240.25 s\) is 240.25 s long; at most "
+                        r"240 s can be regenerated in one pass: split it into shorter ranges"),
+    ([[10, 20], [0, 5], [19.5, 25]], r"extra range 3 \(19.5–25 s\) overlaps extra range 1 \(10–20 "
+                                     r"s\): start extra range 3 at 20 s or later, or end extra "
+                                     r"range 1 at 19.5 s or earlier \(ranges may touch\)"),
+])
+def test_bad_extra_ranges_say_what_to_change(raw, message):
+    with pytest.raises(InputError, match=message):
+        inpaint(extra_ranges=raw)
+
+
+def test_extra_ranges_may_touch():
+    assert len(inpaint(extra_ranges=[[0, 5], [5, 10], [10, 11]]).extra_ranges) == 3
+
+
+def test_extra_ranges_are_checked_against_the_source_and_the_main_range():
+    request = inpaint(start_time=100, end_time=110, extra_ranges=[[3500, 3599.9999999], [90, 100]])
+    main = resolve_range(request, 3600.0)
+    assert resolve_extra_ranges(request, main, 3600.0) == request.extra_ranges  # past 240 s too
+    # an end a hair past the source (a rounding of its length) is the source's end
+    touching = inpaint(extra_ranges=[[1, 20.0000001]])
+    assert resolve_extra_ranges(touching, (0, 1), 20.0) == (ExtraRange(1.0, 20.0),)
+    with pytest.raises(InputError, match=r"extra range 1 \(3500–3600 s\) ends past the end of "
+                                         r"the 1800 s source; end it at 1800 s at the latest, or "
+                                         r"drop it"):
+        resolve_extra_ranges(request, main, 1800.0)
+    with pytest.raises(InputError, match=r"the main range \(95–105 s\) overlaps extra range 2 "
+                                         r"\(90–100 s\): start the main range at 100 s or later, "
+                                         r"or end extra range 2 at 95 s or earlier"):
+        resolve_extra_ranges(request, (95.0, 105.0), 3600.0)
+    ends_late = inpaint(start_time=20, start_time_relative_to="end", end_time=0,
+                        end_time_relative_to="end", extra_ranges=[[30, 45]])
+    with pytest.raises(InputError, match=r"the main range \(40–60 s\) overlaps extra range 1 "
+                                         r"\(30–45 s\): start the main range at 45 s or later, or "
+                                         r"end extra range 1 at 40 s or earlier"):
+        resolve_extra_ranges(ends_late, resolve_range(ends_late, 60.0), 60.0)
 
 
 def test_complete_names_tracks_from_upstreams_list():

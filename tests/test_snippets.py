@@ -47,3 +47,16 @@ def test_the_curl_and_cli_calls_carry_the_same_json():
 def test_a_task_without_a_hosted_endpoint_says_so_in_curl():
     assert snippets.curl_call({**PARAMS, "task": "cover"}, "http://h/", "ACE-Step 1.5") == (
         "# cover has no hosted endpoint; use the Python or CLI call")
+
+
+def test_extra_ranges_replay_as_the_objects_sent():
+    ranges = [{"start_time": 40.0, "end_time": 48.0, "tags": "jazz, it's \"late\"", "lyrics": ""},
+              {"start_time": 300.0, "end_time": 310.5, "tags": "", "lyrics": "[verse]\nla la"}]
+    params = {**PARAMS, "request": {**PARAMS["request"], "extra_ranges": ranges}}
+    call = ast.parse(snippets.python_call(params, "http://h/")).body[-1].value
+    arguments = {keyword.arg: keyword.value for keyword in call.keywords}
+    assert ast.literal_eval(arguments["extra_ranges"]) == ranges
+    curl = shlex.split(snippets.curl_call(params, "http://h/", "ACE-Step 1.5").replace("\\\n", " "))
+    assert json.loads(curl[curl.index("-d") + 1])["extra_ranges"] == ranges
+    cli = shlex.split(snippets.cli_call(params).replace("\\\n", " "))
+    assert json.loads(cli[cli.index("--input") + 1])["extra_ranges"] == ranges

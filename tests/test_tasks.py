@@ -1,8 +1,13 @@
 """The one request -> result path: checks before any work, and the hosted defaults fitted."""
 
+import json
+
 import pytest
+import torch
 
 from ace_step_ui import tasks
+from ace_step_ui.audio import read_audio
+from ace_step_ui.engines import EngineManager
 from ace_step_ui.errors import InputError
 from ace_step_ui.requests import parse_request, resolve_range
 
@@ -53,3 +58,72 @@ def test_each_take_is_the_song_its_seed_gives_alone(tiny_v15):
     assert alone.params["seed"] == 6 and "take" not in alone.params
     assert alone.audio.samples.numpy().tobytes() == takes[1].audio.samples.numpy().tobytes()
     assert not takes[0].audio.samples.equal(takes[1].audio.samples)
+
+
+@pytest.fixture(scope="module")
+def manager():
+    return EngineManager(device="cpu", dtype="float32")
+
+
+def test_extra_ranges_are_repainted_each_with_its_song_and_the_rest_kept(manager, tiny_v1, sine_wav,
+                                                                         monkeypatch):
+    """ACE-Step v1 (tiny): the main range, then the extra ranges by start time, one pass each."""
+    engine = manager.get(str(tiny_v1))
+    given = []
+    repaint = engine.repaint
+
+    def recording(request, window, start_s, end_s, seed, retake_seed, on_step):
+        given.append((request.tags, request.lyrics, start_s, end_s, seed, retake_seed))
+        return repaint(request, window, start_s, end_s, seed, retake_seed, on_step)
+
+    monkeypatch.setattr(engine, "repaint", recording)
+    payload = {"audio": str(sine_wav), "tags": "lofi", "lyrics": "[verse]\nrain", "seed": 5,
+               "number_of_steps": 2, "start_time": 0.5, "end_time": 1.5}
+    extra = [{"start_time": 3, "end_time": 4, "tags": "jazz"}, [1.5, 2.5, "", "[inst]"]]
+    steps = []
+    result = tasks.run("inpaint", {**payload, "extra_ranges": extra}, manager, str(tiny_v1),
+                       on_step=lambda done, total: steps.append((done, total)))
+    # the whole 4 s track is each pass's window: the ranges sit where they are in it
+    assert given == [("lofi", "[verse]\nrain", 0.5, 1.5, 5, 6), ("lofi", "[inst]", 1.5, 2.5, 7, 8),
+                     ("jazz", "[verse]\nrain", 3.0, 4.0, 9, 10)]
+    # variance 0.5 of 2 steps runs the second of each pass's: one progress bar of 3 x 2 steps
+    assert steps == [(2, 6), (4, 6), (6, 6)]
+    params = result.params
+    assert params["range_s"] == [0.5, 1.5] and params["seed"] == 5 and params["retake_seed"] == 6
+    assert params["request"]["extra_ranges"] == [
+        {"start_time": 3.0, "end_time": 4.0, "tags": "jazz", "lyrics": ""},
+        {"start_time": 1.5, "end_time": 2.5, "tags": "", "lyrics": "[inst]"}]
+    assert [(r["start_s"], r["end_s"], r["tags"], r["seed"], r["retake_seed"], r["window_s"])
+            for r in params["engine"]["ranges"]] == [
+        (0.5, 1.5, "lofi", 5, 6, [0.0, 4.0]), (1.5, 2.5, "lofi", 7, 8, [0.0, 4.0]),
+        (3.0, 4.0, "jazz", 9, 10, [0.0, 4.0])]
+    assert "extra_ranges" not in params["ignored_params"]
+    json.dumps(params)  # the sidecar's
+
+    source, out = read_audio(sine_wav), result.audio
+    rate = source.sample_rate
+    assert (out.sample_rate, out.frames) == (rate, source.frames)
+    kept = [(0, round(0.5 * rate)), (round(2.5 * rate), 3 * rate)]
+    for start, end in kept:
+        assert torch.equal(out.samples[:, start:end], source.samples[:, start:end])
+    for start_s, end_s in ((0.5, 1.5), (1.5, 2.5), (3.0, 4.0)):
+        start, end = round(start_s * rate), round(end_s * rate)
+        assert not torch.equal(out.samples[:, start:end], source.samples[:, start:end])
+
+    # the main range runs first, as a one-range inpaint: it comes out the same
+    alone = tasks.run("inpaint", payload, manager, str(tiny_v1))
+    main = slice(round(0.5 * rate), round(1.5 * rate))
+    assert torch.equal(alone.audio.samples[:, main], out.samples[:, main])
+    assert "ranges" not in alone.params["engine"] and "extra_ranges" not in alone.params["request"]
+
+
+@pytest.mark.parametrize("extra, message", [
+    ([[3, 5]], r"extra range 1 \(3–5 s\) ends past the end of the 4 s source; end it at 4 s"),
+    ([[2.5, 3.5], [1, 2]], r"extra range 2 \(1–2 s\) overlaps the main range \(0.5–1.5 s\): start "
+                           r"extra range 2 at 1.5 s or later, or end the main range at 1 s"),
+])
+def test_extra_ranges_that_do_not_fit_the_source_are_refused_before_the_model_runs(
+        manager, tiny_v1, sine_wav, extra, message):
+    with pytest.raises(InputError, match=message):
+        tasks.run("inpaint", {"audio": str(sine_wav), "tags": "x", "start_time": 0.5,
+                              "end_time": 1.5, "extra_ranges": extra}, manager, str(tiny_v1))

@@ -17,7 +17,7 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
 from ace_step_ui.requests import ALIASES, TASKS, schema
-from ace_step_ui.ui import QUEUE_SIZE, visible_advanced
+from ace_step_ui.ui import QUEUE_SIZE, table_rows, visible_advanced
 
 FAST = dict(number_of_steps=2)
 
@@ -169,6 +169,102 @@ def test_inpaint_range_anchored_to_the_end(client, sine_wav):
                                   end_time_relative_to="end", tags="lofi", api_name="/inpaint",
                                   **FAST)
     assert params["range_s"] == [seconds - 2.0, seconds]
+
+
+EXTRA = [{"start_time": 3, "end_time": 4, "tags": "jazz"}, {"start_time": 1.5, "end_time": 2.5,
+                                                              "lyrics": "[inst]"}]
+SENT_BACK = [{"start_time": 3.0, "end_time": 4.0, "tags": "jazz", "lyrics": ""},
+             {"start_time": 1.5, "end_time": 2.5, "tags": "", "lyrics": "[inst]"}]
+
+
+def check_ranges(params: dict) -> None:
+    """The main range 0.5-1.5 s, then the extra ranges by start time, each with its seeds."""
+    assert params["range_s"] == [0.5, 1.5] and params["request"]["extra_ranges"] == SENT_BACK
+    ran = [(r["start_s"], r["end_s"], r["tags"], r["lyrics"], r["seed"], r["retake_seed"])
+           for r in params["engine"]["ranges"]]
+    assert ran == [(0.5, 1.5, "lofi", "", 3, 4), (1.5, 2.5, "lofi", "[inst]", 5, 6),
+                   (3.0, 4.0, "jazz", "", 7, 8)]
+    assert params["ignored_params"] == []
+
+
+@pytest.mark.parametrize("extra", [EXTRA, json.dumps(EXTRA)], ids=["list", "json text"])
+def test_inpaint_repaints_extra_ranges_sent_as_a_list_or_json_text(client, sine_wav, extra):
+    path, _, params = client.predict(audio=handle_file(str(sine_wav)), start_time=0.5,
+                                     end_time=1.5, extra_ranges=extra, tags="lofi", seed=3,
+                                     api_name="/inpaint", **FAST)
+    check_ranges(params)
+    kept = soundfile.read(path, dtype="float32")[0][round(2.5 * 44100):3 * 44100]
+    assert (kept == soundfile.read(str(sine_wav), dtype="float32")[0][round(2.5 * 44100):3 * 44100]
+            ).all()
+
+
+def test_extra_ranges_are_described_in_the_api(client):
+    info = client.view_api(print_info=False, return_format="dict")["named_endpoints"]["/inpaint"]
+    extra = next(p for p in info["parameters"] if p["parameter_name"] == "extra_ranges")
+    assert extra["type"]["anyOf"][0]["items"]["required"] == ["start_time", "end_time"]
+    assert "each with its own tags and lyrics" in extra["type"]["description"]
+
+
+def test_overlapping_extra_ranges_are_a_clear_error(client, sine_wav):
+    with pytest.raises(AppError, match=re.escape("extra range 1 (1–2 s) overlaps the main range "
+                                                 "(0.5–1.5 s): start extra range 1 at 1.5 s")):
+        client.predict(audio=handle_file(str(sine_wav)), start_time=0.5, end_time=1.5,
+                       extra_ranges=[[1, 2, "jazz"]], tags="lofi", api_name="/inpaint")
+
+
+@pytest.mark.parametrize("table, rows", [
+    ({"headers": ["Start (s)", "End (s)", "Tags", "Lyrics"], "data": [], "metadata": None}, []),
+    ({"headers": [], "data": [["", "", "", ""], [None, " ", "", None], [float("nan"), "", "", ""]]},
+     []),
+    ({"headers": [], "data": [["01.5", "3", "jazz", ""], ["", "", "", ""], ["", "", "pop", ""]]},
+     [["01.5", "3", "jazz", ""], ["", "", "pop", ""]]),  # text without times: refused, not lost
+    ({"data": [[1, 2, "a", "b", "extra column"]]}, [[1, 2, "a", "b"]]),
+    ([[1, 2]], [[1, 2]]), ("[[1, 2]]", "[[1, 2]]"), (None, None),
+])
+def test_a_table_sends_its_filled_rows(table, rows):
+    assert table_rows(table) == rows
+
+
+def upload(url: str, path: Path) -> dict:
+    """`path` uploaded as the browser uploads it: gradio's file object."""
+    with open(path, "rb") as file:
+        answer = httpx.post(f"{url}gradio_api/upload", files={"files": (path.name, file)})
+    answer.raise_for_status()
+    return {"path": answer.json()[0], "meta": {"_type": "gradio.FileData"}}
+
+
+def call_form(served, values: dict) -> dict:
+    """The Inpaint tab's Run, with the components' values by label (the rest at their defaults)."""
+    fn_index, fn = next((i, fn) for i, fn in served.demo.fns.items()
+                        if fn.api_name == "inpaint_form")
+    form = {"Model": served.model, "Format": "wav", "Number of steps": 2, **values}
+    data = [form.get(block.label, block.value) for block in fn.inputs]
+    return raw_call(served.url, fn_index, data)
+
+
+RANGES_LABEL = "More ranges (each with its own tags and lyrics)"
+
+
+def test_the_form_sends_the_tables_filled_rows(served, sine_wav):
+    source = upload(served.url, sine_wav)
+    base = {"Source audio": source, "Tags": "lofi", "Seed": 3, "Start (s)": 0.5, "End (s)": 1.5}
+    # A table as the browser sends it: typed numbers arrive as text, a new row's cells empty.
+    table = {"headers": ["Start (s)", "End (s)", "Tags", "Lyrics"], "metadata": None,
+             "data": [["03", "4", "jazz", ""], ["", "", "", ""], [1.5, 2.5, "", "[inst]"]]}
+    message = call_form(served, {**base, RANGES_LABEL: table})
+    assert message["success"], message
+    check_ranges(message["output"]["data"][2])
+    # an empty table (the default: no rows, or only empty ones) sends nothing
+    empty = {**table, "data": [["", "", "", ""]]}
+    message = call_form(served, {**base, RANGES_LABEL: empty})
+    params = message["output"]["data"][2]
+    assert "extra_ranges" not in params["request"] and "ranges" not in params["engine"]
+    message = call_form(served, base)
+    assert "extra_ranges" not in message["output"]["data"][2]["request"]
+    # a row with tags but no times says what is missing
+    message = call_form(served, {**base, RANGES_LABEL: {**table, "data": [["", "", "pop", ""]]}})
+    assert message["success"] is False
+    assert "'extra_ranges' range 1 needs a start_time" in message["output"]["error"]
 
 
 def test_outpaint_adds_the_extensions(client, sine_wav):

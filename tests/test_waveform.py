@@ -42,3 +42,11 @@ def test_the_outpaint_view_keeps_the_whole_source_between_the_new_parts():
     assert shown == {"duration": 12.0, "peaks": [0.5, 1.0], "before": 5.0, "after": 0.0,
                      "readonly": True}
     assert waveform.with_extension(None, 1, 1) is None
+
+
+def test_the_extra_ranges_are_drawn_beside_the_dragged_one():
+    wave = {"duration": 10.0, "peaks": [1.0], "start": 1.0, "end": 2.0}
+    rows = [[3, 4.5, "new", ""], ["", "", "tags only", ""], [8.0, 7.0, "", ""],
+            [float("nan"), 1, "", ""]]
+    assert waveform.with_others(wave, rows)["others"] == [[3.0, 4.5], [7.0, 8.0]]
+    assert waveform.with_others(None, rows) is None

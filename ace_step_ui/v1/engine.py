@@ -43,7 +43,7 @@ TASK_PARAMS = {
                                      "audio2audio_strength"},
     "inpaint": COMMON | SAMPLING | {"audio", "start_time", "start_time_relative_to", "end_time",
                                     "end_time_relative_to", "variance", "retake_seed",
-                                    "context_duration", "crossfade_duration"},
+                                    "context_duration", "crossfade_duration", "extra_ranges"},
     "outpaint": COMMON | SAMPLING | {"audio", "extend_before_duration", "extend_after_duration",
                                      "retake_seed", "context_duration"},
     # The planner writes the song; v1 sings it as a generate.

@@ -52,7 +52,7 @@ TASK_PARAMS = {
     "prompt_to_audio": frozenset({"prompt", "instrumental", "duration", "thinking"}),
     "inpaint": frozenset({"audio", "start_time", "start_time_relative_to", "end_time",
                           "end_time_relative_to", "variance", "retake_seed", "context_duration",
-                          "crossfade_duration"}),
+                          "crossfade_duration", "extra_ranges"}),
     "outpaint": frozenset({"audio", "extend_before_duration", "extend_after_duration",
                            "context_duration"}),
     "cover": frozenset({"audio", "audio_cover_strength"}),
