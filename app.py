@@ -2,14 +2,15 @@
 
     python app.py [--model ID_OR_FOLDER] [--models ID_OR_FOLDER ...] [--planner ID_OR_FOLDER]
                   [--allow-path DIR] [--data-dir DIR] [--api-key KEY] [--api-key-file FILE]
-                  [--api-queue-limit N] [--result-retention HOURS]
+                  [--api-queue-limit N] [--result-retention HOURS] [--history-days DAYS]
                   [--share] [--auth user:pass] [--server-name HOST] [--port N]
                   [--device auto|cpu|cuda|mps] [--dtype auto|float32|bfloat16|float16]
 
 Models load on the first request, so the app starts even when the model is not downloaded yet.
 Visitors choose among the models listed here, and name no file on this machine outside the
 --allow-path folders. The hosted services' REST queues (RunComfy, fal and WaveSpeed shapes) run on
-the same server; their jobs and results live under --data-dir and survive a restart.
+the same server; their jobs and results live under --data-dir and survive a restart, as do the
+page's takes (its history).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from ace_step_ui.cli import EXIT_USAGE, UsageError, UsageParser
 from ace_step_ui.engines import (DEFAULT_MODEL, DEFAULT_PLANNER, DTYPES, HUB_PLANNERS, EngineManager,
                                  known_models, pick_device, pick_dtype)
 from ace_step_ui.errors import InputError, ModelUnavailableError
+from ace_step_ui.history import HISTORY_DAYS
 from ace_step_ui.rest import QUEUE_LIMIT, RETENTION_HOURS
 
 
@@ -85,6 +87,9 @@ def build_parser() -> UsageParser:
     parser.add_argument("--result-retention", type=float, default=RETENTION_HOURS,
                         metavar="HOURS", help=f"how long finished REST jobs and their results "
                                               f"are kept (default {RETENTION_HOURS:g})")
+    parser.add_argument("--history-days", type=float, default=HISTORY_DAYS, metavar="DAYS",
+                        help=f"how long the page's takes are kept under --data-dir (default "
+                             f"{HISTORY_DAYS:g}; 0 keeps them until deleted)")
     parser.add_argument("--share", action="store_true", help="create a public gradio.live link")
     parser.add_argument("--auth", action="append", default=[], metavar="USER:PASS",
                         help="require a login; repeat for more users")
@@ -104,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
             raise UsageError("app.py: --api-queue-limit must be 1 or more")
         if not args.result_retention > 0:
             raise UsageError("app.py: --result-retention must be more than 0 hours")
+        if not args.history_days >= 0:
+            raise UsageError("app.py: --history-days must be 0 (keep) or more")
         pick_device(args.device)  # an unusable --device is a start-up error, not a first-run one
         for folder in args.allow_path:
             if not folder.is_dir():
@@ -133,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"warning: {error}; it will load on the first request", file=sys.stderr)
     models = known_models() if args.models is None else args.models
     data_dir = args.data_dir or default_data_dir()
-    demo = build_app(manager, args.model, models, tuple(args.allow_path), data_dir)
+    demo = build_app(manager, args.model, models, tuple(args.allow_path), data_dir,
+                     args.history_days)
     access = RemoteAccess(tuple(dict.fromkeys([args.model, *models])), tuple(args.allow_path))
     rest = RestQueue(manager, access, data_dir, keys, args.api_queue_limit,
                      args.result_retention).start()

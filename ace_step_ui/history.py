@@ -45,6 +45,7 @@ from .errors import InputError
 from .requests import REQUEST_TYPES, TASKS, SourceRequest
 
 HISTORY_LIMIT = 200  # takes kept per owner; adding more drops the oldest, files too
+HISTORY_DAYS = 30.0  # takes older than this go (every visitor of a public Space has a history)
 RECIPE_VERSION = "ace-step-playground/1"
 TAKE_ID = re.compile(r"[0-9a-f]{32}")
 SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -76,6 +77,7 @@ CREATE TABLE IF NOT EXISTS takes (
 );
 CREATE INDEX IF NOT EXISTS takes_owner ON takes (owner, created, take_index, seq);
 CREATE INDEX IF NOT EXISTS takes_owner_sha256 ON takes (owner, sha256);
+CREATE INDEX IF NOT EXISTS takes_created ON takes (created);
 """
 
 
@@ -115,9 +117,14 @@ class Take:
 class History:
     """The takes: one connection, used under a lock by the server's threads."""
 
-    def __init__(self, folder: str | Path, limit: int = HISTORY_LIMIT):
+    def __init__(self, folder: str | Path, limit: int = HISTORY_LIMIT,
+                 keep_days: float = HISTORY_DAYS):
+        """Takes older than `keep_days` go (0 keeps them until deleted or beyond `limit`)."""
         if limit < 1:
             raise InputError(f"the history keeps at least 1 take per owner, not {limit}")
+        if not keep_days >= 0:
+            raise InputError(f"takes are kept for 0 days (no end) or more, not {keep_days}")
+        self.keep_days = keep_days
         self.folder = Path(folder)
         self.takes = self.folder / "takes"
         self.takes.mkdir(parents=True, exist_ok=True)
@@ -137,6 +144,22 @@ class History:
         for orphan in self.takes.iterdir():  # a copy whose row was never written, or whose row went
             if TAKE_ID.fullmatch(orphan.name) and orphan.name not in kept:
                 shutil.rmtree(orphan, ignore_errors=True)
+        self.sweep()
+
+    def sweep(self, now: float | None = None) -> list[str]:
+        """Delete the takes older than `keep_days`, with their files; returns their ids."""
+        if not self.keep_days:
+            return []
+        cutoff = (time.time() if now is None else now) - self.keep_days * 86400
+        with self._lock:
+            old = [row["id"] for row in self._db.execute("SELECT id FROM takes WHERE created < ?",
+                                                         (cutoff,))]
+            self._db.executemany("DELETE FROM takes WHERE id = ?", [(take_id,) for take_id in old])
+        for take_id in old:
+            shutil.rmtree(self.takes / take_id, ignore_errors=True)
+        if old:
+            self._drop_unused_sources()
+        return old
 
     def close(self) -> None:
         with self._lock:
@@ -201,6 +224,7 @@ class History:
         for old in dropped:
             shutil.rmtree(self.takes / old, ignore_errors=True)
         self._drop_unused_sources()
+        self.sweep()
         take = self.get(owner, take_id)
         assert take is not None
         return take
@@ -243,6 +267,15 @@ class History:
 
     def _source_file(self, sha256: str) -> Path:
         return self.sources / sha256
+
+    def kept_sources(self, owner: str) -> dict[str, Path]:
+        """The sources the owner's takes were made from (sha256 → file), for a recipe's upload."""
+        with self._lock:
+            digests = [row[0] for row in self._db.execute(
+                "SELECT DISTINCT source_sha256 FROM takes WHERE owner = ? AND source_sha256 IS NOT"
+                " NULL", (owner,))]
+        return {digest: self._source_file(digest) for digest in digests
+                if self._source_file(digest).is_file()}
 
     def _keep_source(self, source_path: Path, sha256: str) -> None:
         """One copy of each source, named by its bytes' digest (an hour-long upload edited eight
@@ -451,9 +484,11 @@ def replay(recipe: Mapping[str, Any], manager: EngineManager, *, out_dir: str | 
 def replay_steps(recipe: Mapping[str, Any], manager: EngineManager, *, out_dir: str | Path,
                  model_override: str | None = None, sources: Mapping[str, Path] | None = None,
                  on_step: StepCallback | None = None,
-                 on_phase: Callable[[str], None] | None = None) -> Iterator[dict[str, Any]]:
-    """`replay`, step by step: each step's outcome as soon as it is saved. Every step is checked,
-    and every upload found, before the first runs."""
+                 on_phase: Callable[[str], None] | None = None, owner: str = "",
+                 stop: threading.Event | None = None) -> Iterator[dict[str, Any]]:
+    """`replay`, step by step: each step's outcome as soon as it is saved, with its "params" and
+    the "source" file it was made from. Every step is checked, and every upload found, before the
+    first runs; the steps are `owner`'s jobs, and end at the next step once `stop` is set."""
     steps = check_recipe(recipe)
     models, uploads = [], {}
     for number, step in enumerate(steps):
@@ -478,15 +513,18 @@ def replay_steps(recipe: Mapping[str, Any], manager: EngineManager, *, out_dir: 
     for number, step in enumerate(steps):
         source = step.get("source")
         payload = dict(step["request"])
+        made_from = None
         if source is not None:
-            payload["audio"] = str(uploads[number] if "file" in source else outputs[source["step"]])
+            made_from = uploads[number] if "file" in source else outputs[source["step"]]
+            payload["audio"] = str(made_from)
         result = tasks.run(step["task"], payload, manager, models[number], on_step=on_step,
-                           on_phase=on_phase)
+                           on_phase=on_phase, owner=owner, stop=stop)
         path = tasks.save_result(result, out_dir, step.get("format", "wav"))
         outputs.append(path)
         digest = samples_sha256(path)
         yield {"step": number, "path": path, "seed": result.seed, "samples_sha256": digest,
-               "same": digest == step.get("samples_sha256")}
+               "same": digest == step.get("samples_sha256"), "params": result.params,
+               "source": made_from}
 
 
 def _take(row: sqlite3.Row) -> Take:

@@ -5,6 +5,7 @@
 (() => {
   const FADE_S = 0.01;  // the A/B switch: a 10 ms crossfade, no gap, no click
   const ab = {a: null, b: null, side: "a", ctx: null, buffers: {}, gains: {}, match: {a: 1, b: 1},
+              levels: {a: -Infinity, b: -Infinity},
               sources: [], playing: false, offset: 0, startedAt: 0, loading: 0};
 
   const root = () => element.querySelector(".studio");
@@ -101,15 +102,47 @@
 
   // The A/B player: both takes play together from one clock, only one heard; switching moves the
   // gain, so the playhead is the same and there is no gap. Each is scaled to the quieter one's
-  // RMS level (loudness-matched; never boosted, so never clipped).
-  const rms = (buffer) => {
-    let sum = 0, count = 0;
-    for (let channel = 0; channel < buffer.numberOfChannels; channel++) {
-      const data = buffer.getChannelData(channel);
-      for (let i = 0; i < data.length; i++) sum += data[i] * data[i];
-      count += data.length;
+  // integrated loudness (ITU-R BS.1770: K-weighted, gated; never boosted, so never clipped).
+  const biquad = (kind, rate) => {  // the K-weighting stages, designed for the buffer's rate
+    const [gainDb, q, hz] = kind === "shelf" ? [4, Math.SQRT1_2, 1500] : [0, 0.5, 38];
+    const a = Math.pow(10, gainDb / 40), w = 2 * Math.PI * hz / rate;
+    const cos = Math.cos(w), alpha = Math.sin(w) / (2 * q), root = 2 * Math.sqrt(a) * alpha;
+    const [b, d] = kind === "shelf"
+      ? [[a * ((a + 1) + (a - 1) * cos + root), -2 * a * ((a - 1) + (a + 1) * cos),
+          a * ((a + 1) + (a - 1) * cos - root)],
+         [(a + 1) - (a - 1) * cos + root, 2 * ((a - 1) - (a + 1) * cos),
+          (a + 1) - (a - 1) * cos - root]]
+      : [[(1 + cos) / 2, -(1 + cos), (1 + cos) / 2], [1 + alpha, -2 * cos, 1 - alpha]];
+    return {b: b.map((x) => x / d[0]), a: [1, d[1] / d[0], d[2] / d[0]]};
+  };
+  const filtered = (data, {b, a}) => {
+    const out = new Float64Array(data.length);
+    let x1 = 0, x2 = 0, y1 = 0, y2 = 0;
+    for (let i = 0; i < data.length; i++) {
+      const y = b[0] * data[i] + b[1] * x1 + b[2] * x2 - a[1] * y1 - a[2] * y2;
+      x2 = x1; x1 = data[i]; y2 = y1; y1 = y; out[i] = y;
     }
-    return Math.sqrt(sum / Math.max(count, 1)) || 1e-9;
+    return out;
+  };
+  const loudness = (buffer) => {  // LUFS; -Infinity for silence or a take under 400 ms
+    const rate = buffer.sampleRate, block = Math.round(0.4 * rate), hop = Math.round(0.1 * rate);
+    const stages = [biquad("shelf", rate), biquad("pass", rate)];
+    const blocks = Math.floor((buffer.length - block) / hop) + 1;
+    if (buffer.length < block || blocks < 1) return -Infinity;
+    const power = new Float64Array(blocks);  // per block, summed over the channels (weights 1)
+    for (let channel = 0; channel < buffer.numberOfChannels; channel++) {
+      const weighted = filtered(filtered(buffer.getChannelData(channel), stages[0]), stages[1]);
+      const sums = new Float64Array(weighted.length + 1);
+      for (let i = 0; i < weighted.length; i++) sums[i + 1] = sums[i] + weighted[i] * weighted[i];
+      for (let j = 0; j < blocks; j++) power[j] += (sums[j * hop + block] - sums[j * hop]) / block;
+    }
+    const lufs = (z) => -0.691 + 10 * Math.log10(z);
+    const mean = (values) => values.reduce((sum, z) => sum + z, 0) / values.length;
+    const heard = Array.from(power).filter((z) => lufs(z) > -70);  // the absolute gate
+    if (!heard.length) return -Infinity;
+    const relative = lufs(mean(heard)) - 10;
+    const kept = heard.filter((z) => lufs(z) > relative);
+    return lufs(mean(kept));
   };
   const position = () => (ab.playing && ab.ctx
                           ? ab.offset + ab.ctx.currentTime - ab.startedAt : ab.offset);
@@ -122,7 +155,8 @@
     ab.loading += 1;
     status();
     try {
-      ab.ctx = ab.ctx || new AudioContext();
+      // at the take's own rate: decoding resamples nothing, so the loudness is the file's
+      ab.ctx = ab.ctx || new AudioContext(take.sample_rate ? {sampleRate: take.sample_rate} : {});
       const response = await fetch(take.url);
       const buffer = await ab.ctx.decodeAudioData(await response.arrayBuffer());
       if (ab[side] === take.id) ab.buffers[side] = buffer;
@@ -133,9 +167,12 @@
       ab.loading -= 1;
     }
     if (ab.buffers.a && ab.buffers.b) {
-      const levels = {a: rms(ab.buffers.a), b: rms(ab.buffers.b)};
+      const levels = {a: loudness(ab.buffers.a), b: loudness(ab.buffers.b)};
       const quiet = Math.min(levels.a, levels.b);
-      ab.match = {a: quiet / levels.a, b: quiet / levels.b};
+      ab.levels = levels;
+      ab.match = Number.isFinite(quiet)  // a silent take: nothing to match
+        ? {a: Math.pow(10, (quiet - levels.a) / 20), b: Math.pow(10, (quiet - levels.b) / 20)}
+        : {a: 1, b: 1};
     }
     ab.offset = 0;
     drawList();
@@ -202,7 +239,8 @@
     write(".ab-play", ab.playing ? "Pause" : "Play");
     write(".ab-time", minutes(Math.max(0, position())));
     write(".ab-match", ab.buffers.a && ab.buffers.b
-          ? `level-matched: A ${decibels(ab.match.a)}, B ${decibels(ab.match.b)}`
+          ? `loudness-matched: A ${ab.levels.a.toFixed(1)} LUFS ${decibels(ab.match.a)}, ` +
+            `B ${ab.levels.b.toFixed(1)} LUFS ${decibels(ab.match.b)}`
           : (ab.loading ? "loading…" : ""));
     for (const side of ["a", "b"]) {
       const toggle = bar.querySelector(`.ab-side-${side}`);
@@ -211,7 +249,9 @@
     const ready = Boolean(ab.buffers.a && ab.buffers.b);
     Object.assign(root().dataset, {abReady: ready, abSide: ab.side, abPlaying: ab.playing,
                                    abPosition: position().toFixed(3), abGainA: ab.match.a.toFixed(4),
-                                   abGainB: ab.match.b.toFixed(4)});
+                                   abGainB: ab.match.b.toFixed(4),
+                                   abLufsA: ready ? ab.levels.a.toFixed(3) : "",
+                                   abLufsB: ready ? ab.levels.b.toFixed(3) : ""});
   }
 
   element.addEventListener("click", (event) => {

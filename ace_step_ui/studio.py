@@ -13,15 +13,20 @@ import json
 import secrets
 import shutil
 import tempfile
+import threading
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
+import anyio
 import gradio as gr
 from fastapi import APIRouter
 from fastapi.responses import FileResponse, JSONResponse
 from starlette.routing import BaseRoute
 
-from .history import History, Take, new_run_id
+from .errors import Cancelled, InputError, ModelUnavailableError
+from .gpu import JOB_SECONDS, gpu
+from .history import History, Take, check_recipe, new_run_id, replay_steps, sha256_file
 from .hosted import content_type
 from .requests import schema
 
@@ -72,6 +77,10 @@ SECRET_FILE = "browser-state.secret"
 SHOWN = 60  # takes listed on the page, newest first
 TAKES_ROUTE = "takes"
 STEM_TASKS = ("extract", "lego", "complete")  # tabs inside the Stems tab
+RECIPE_NOTE = ("Every step of a recipe (a take's **Recipe** button gives one) runs again on this "
+               "server, in order, each from the one before; each step becomes a take, and the "
+               "report says whether it gave the same samples as recorded. A chain that started "
+               "from an upload finds it among your takes' sources, or in the file given here.")
 
 
 def browser_secret(folder: Path) -> str:
@@ -108,6 +117,7 @@ def shown(history: History, owner: str) -> dict[str, Any]:
     """The panel's value: the owner's newest takes."""
     # relative links: they resolve under the page's own address (a proxy's root path included)
     return {"takes": [{**take.summary(), "model_label": model_label(take.model),
+                       "sample_rate": take.params.get("sample_rate"),
                        "url": f"{TAKES_ROUTE}/{take.id}/{take.file}"}
                       for take in history.list(owner, SHOWN)]}
 
@@ -134,8 +144,11 @@ class Studio:
     """The history panel and its actions, over the page's tabs (task -> `ui._Tab`)."""
 
     def __init__(self, history: History, tabs: dict[str, Any], model: gr.Component,
-                 fmt: gr.Component, tab_group: gr.Tabs, presets: Callable[[str, str], dict]):
+                 fmt: gr.Component, tab_group: gr.Tabs, presets: Callable[[str, str], dict],
+                 jobs: Any):
         self.history = history
+        self.jobs = jobs  # `ui._Jobs`: what remote callers may name, and the job threads
+        self._steps_on_gpu = gpu(duration=JOB_SECONDS)(self._run_steps)
         self.tabs = tabs
         self.model = model
         self.fmt = fmt
@@ -145,13 +158,24 @@ class Studio:
     def layout(self) -> None:
         gr.Markdown("## Takes\nEvery result of this browser (or your login), newest first, the "
                     "takes of one run side by side. Pick a take's **A** and another's **B** to "
-                    "compare them at the same playhead, level-matched.")
+                    "compare them at the same playhead, loudness-matched.")
         self.key = gr.BrowserState(None, storage_key=STORAGE_KEY,
                                    secret=browser_secret(self.history.folder))
         self.panel = gr.HTML({"takes": []}, html_template=TEMPLATE, css_template=STYLE,
                              js_on_load=SCRIPT, elem_id="history")
-        self.recipe = gr.File(label="Recipe (JSON): run it again with `python -m ace_step_ui "
-                                    "recipe FILE`", visible=False, elem_id="history-recipe")
+        self.recipe = gr.File(label="Recipe (JSON): run it again below, or with `python -m "
+                                    "ace_step_ui recipe FILE`", visible=False,
+                              elem_id="history-recipe")
+        with gr.Accordion("Run a recipe", open=False, elem_id="history-recipe-runner"):
+            gr.Markdown(RECIPE_NOTE)
+            with gr.Row():
+                self.recipe_file = gr.File(label="Recipe (JSON)", file_types=[".json"],
+                                           type="filepath", elem_id="history-recipe-file")
+                self.recipe_uploads = gr.File(label="The upload it started from (if not kept)",
+                                              file_count="multiple", type="filepath",
+                                              elem_id="history-recipe-uploads")
+            self.recipe_run = gr.Button("Run every step again", elem_id="history-recipe-run")
+            self.recipe_report = gr.Markdown(elem_id="history-recipe-report")
 
     def wire(self, demo: gr.Blocks, event: dict[str, Any]) -> None:
         demo.load(self.opened, self.key, [self.key, self.panel], **event)
@@ -164,6 +188,9 @@ class Studio:
         self.targets = [self.model, self.fmt, self.tab_group, self.recipe,
                         *[field for tab in self.tabs.values() for field in tab.ordered_inputs()]]
         self.panel.select(self.act, [self.panel, self.key], [self.panel, *self.targets], **event)
+        self.recipe_run.click(self.run_recipe, [self.recipe_file, self.recipe_uploads, self.key],
+                              [self.recipe_report, self.panel], api_visibility="private",
+                              concurrency_limit=None, show_progress_on=self.recipe_report)
 
     def opened(self, key: str | None, request: gr.Request) -> tuple[str, dict[str, Any]]:
         """A page load: this browser's key (a new one on its first visit) and its takes."""
@@ -213,6 +240,70 @@ class Studio:
         if kind == "replay":
             return (gr.skip(), *self._replay(owner, take))
         raise gr.Error(f"unknown action {kind!r}", print_exception=False)
+
+    async def run_recipe(self, recipe_path: str | None, uploads: list[str] | None,
+                         key: str | None, request: gr.Request,
+                         progress: gr.Progress = gr.Progress()) -> tuple[Any, Any]:
+        """Run every step of an uploaded recipe again; each becomes a take."""
+        owner = owner_of(request, key)
+        if not recipe_path:
+            raise gr.Error("upload a recipe (JSON) first: a take's Recipe button gives one",
+                           print_exception=False)
+        try:
+            recipe = self._checked(json.loads(Path(recipe_path).read_bytes()))
+        except ValueError as error:  # InputError is one too
+            message = str(error) if isinstance(error, InputError) else f"not JSON ({error})"
+            raise gr.Error(f"the recipe: {message}", print_exception=False) from None
+        sources = {**self.history.kept_sources(owner),
+                   **{sha256_file(path): Path(path) for path in uploads or []}}
+        stop = threading.Event()
+        try:
+            done = await anyio.to_thread.run_sync(
+                partial(self._steps_on_gpu, recipe, sources, owner,
+                        getattr(request, "session_hash", None) or "", stop, progress),
+                abandon_on_cancel=True, limiter=self.jobs.threads)
+        except anyio.get_cancelled_exc_class():
+            stop.set()  # a closed tab: the step running ends at its next diffusion step
+            raise
+        except Cancelled as error:
+            gr.Info(str(error).capitalize() + "; the steps done are kept.", title="Stopped")
+            return gr.skip(), shown(self.history, owner)
+        except (InputError, ModelUnavailableError) as error:
+            raise gr.Error(str(error), print_exception=False) from None
+        return _report(done), shown(self.history, owner)
+
+    def _checked(self, recipe: Any) -> dict[str, Any]:
+        """The recipe, each step's model one this server offers and its request naming no server
+        file a visitor may not (as the page's and API's requests)."""
+        steps = check_recipe(recipe)
+        checked = []
+        for number, step in enumerate(steps):
+            try:
+                model = self.jobs.access.model(step.get("model"))
+                request = self.jobs.access.payload(step["request"],
+                                                   Path(gr.utils.get_upload_folder()))
+            except InputError as error:
+                raise InputError(f"step {number}: {error}") from None
+            checked.append({**step, "model": model, "request": request})
+        return {**recipe, "steps": checked}
+
+    def _run_steps(self, recipe: dict[str, Any], sources: dict[str, Path], owner: str,
+                   session: str, stop: threading.Event, progress: gr.Progress
+                   ) -> list[dict[str, Any]]:
+        """The steps, each kept as `owner`'s take; they are `session`'s jobs (its Stop ends them)."""
+        folder = Path(tempfile.mkdtemp(prefix="recipe-", dir=Path(gr.utils.get_upload_folder())))
+        count = len(recipe["steps"])
+        done: list[dict[str, Any]] = []
+
+        def on_step(step: int, total: int) -> None:
+            progress((step, total), desc=f"step {len(done) + 1} of {count}")
+
+        for item in replay_steps(recipe, self.jobs.manager, out_dir=folder, sources=sources,
+                                 on_step=on_step, owner=session, stop=stop):
+            self.history.add(owner, item["path"], item["params"], new_run_id(), 0,
+                             source_path=item["source"])
+            done.append(item)
+        return done
 
     def _fill(self, fields: dict[str, dict[str, Any]], head: list[Any]) -> list[Any]:
         """The targets' updates: `head` for model, format, tabs and recipe, then `fields`
@@ -275,3 +366,12 @@ def routes(history: History) -> list[BaseRoute]:
         return FileResponse(path, media_type=content_type(path), filename=path.name)
 
     return list(router.routes)
+
+
+def _report(done: list[dict[str, Any]]) -> str:
+    """What a recipe's run gave, a line a step."""
+    rows = [f"| {item['step']} | {item['params']['task']} | {item['seed']} | "
+            f"{'the same as recorded' if item['same'] else 'different'} |" for item in done]
+    same = sum(item["same"] for item in done)
+    return (f"**{same} of {len(done)} steps gave the same samples as recorded.**\n\n"
+            "| step | task | seed | samples |\n|---|---|---|---|\n" + "\n".join(rows))

@@ -32,9 +32,9 @@ from .errors import Cancelled, InputError
 from .files import staged
 from .remote import fetched_source
 from .requests import (SEED_MAX, BaseRequest, EditRequest, ExtraRange, GenerateRequest,
-                       InpaintRequest, OutpaintRequest, PromptToAudioRequest, Request, SourceRequest,
-                       WholeTrackRequest, derive_retake_seed, parse_request, resolve_extra_ranges,
-                       resolve_range, resolve_seed)
+                       InpaintRequest, OutpaintRequest, PromptToAudioRequest, Request,
+                       SourceRequest, WholeTrackRequest, derive_retake_seed, parse_request,
+                       resolve_extra_ranges, resolve_range, resolve_seed)
 
 APP_NAME = "ace_step_ui"
 PLANNING, DIFFUSION = "planning", "diffusion"  # what `on_step` counts: LM tokens, or steps
@@ -98,7 +98,8 @@ def run_takes(task: str, payload: Mapping[str, Any], manager: EngineManager, mod
               on_phase: Callable[[str], None] | None = None) -> list[Result]:
     """`run`, for `takes` seeds (`take_seeds`) in one job: the sources are read once, the slot is
     held once and the model loaded once. The takes run one after another rather than as a batch:
-    a batched forward changes the last bits, and a take must replay to the same samples alone."""
+    a batched forward changes the last bits, and a take must replay to the same samples alone.
+    A stop after the first take ends the job with the takes made so far."""
     request = check(task, payload, model)
     family = family_for(model)
     thinks = getattr(request, "thinking", False) and "thinking" in family.honoured(model, task)
@@ -135,46 +136,52 @@ def run_takes(task: str, payload: Mapping[str, Any], manager: EngineManager, mod
             if stop.is_set():
                 raise Cancelled("stopped by the user before it started")
             for index, seed in enumerate(seeds):
-                retake_seed = (request.retake_seed if request.retake_seed >= 0
-                               else derive_retake_seed(seed))
-                step = manager.step_callback(
-                    edits.offset_steps(on_step, index, takes) if on_step else None, stop)
-                started = time.perf_counter()
-                manager.moves.clear()  # this job's alone: one job holds the slot at a time
-                song, plans, codes = request, {}, ""
-                if isinstance(request, PromptToAudioRequest) or thinks:
-                    _phase(on_phase, PLANNING)
-                    planner = manager.planner()
-                    if isinstance(song, PromptToAudioRequest):
-                        song, plan = planning.write(planner, song, seed, step)
-                        plans["written"] = planning.describe_plan(plan)
-                    if thinks:
-                        assert isinstance(song, GenerateRequest)
-                        song, plan = planning.think(planner, song, seed, step)
-                        plans["thought"] = planning.describe_plan(plan)
-                        codes = plan.audio_codes
-                planned = time.perf_counter()
-                engine = manager.get(model)
-                loaded = time.perf_counter()
-                _phase(on_phase, DIFFUSION)
-                if isinstance(song, GenerateRequest):
-                    output = engine.generate(song, seed, retake_seed, step, reference=reference,
-                                             **({"audio_codes": codes} if codes else {}))
-                elif isinstance(request, InpaintRequest):
-                    assert source is not None and edit_range is not None
-                    output = edits.inpaint_ranges(engine, request, source, edit_range,
-                                                  extra_ranges, seed, retake_seed, step)
-                elif isinstance(request, WholeTrackRequest):  # edit, cover and the stem tasks
-                    assert source is not None
-                    output = getattr(engine, task)(request, source, seed, retake_seed, step)
-                else:
-                    assert isinstance(request, OutpaintRequest) and source is not None
-                    output = edits.outpaint(engine, request, source, seed, retake_seed, step)
-                finished = time.perf_counter()
-                timings = {**({"plan": round(planned - started, 3)} if plans else {}),
-                           "load": round(loaded - planned, 3), "run": round(finished - loaded, 3)}
-                ran.append((seed, retake_seed, song, plans, output, list(manager.moves), timings,
-                            engine))
+                try:
+                    retake_seed = (request.retake_seed if request.retake_seed >= 0
+                                   else derive_retake_seed(seed))
+                    step = manager.step_callback(
+                        edits.offset_steps(on_step, index, takes) if on_step else None, stop)
+                    started = time.perf_counter()
+                    manager.moves.clear()  # this job's alone: one job holds the slot at a time
+                    song, plans, codes = request, {}, ""
+                    if isinstance(request, PromptToAudioRequest) or thinks:
+                        _phase(on_phase, PLANNING)
+                        planner = manager.planner()
+                        if isinstance(song, PromptToAudioRequest):
+                            song, plan = planning.write(planner, song, seed, step)
+                            plans["written"] = planning.describe_plan(plan)
+                        if thinks:
+                            assert isinstance(song, GenerateRequest)
+                            song, plan = planning.think(planner, song, seed, step)
+                            plans["thought"] = planning.describe_plan(plan)
+                            codes = plan.audio_codes
+                    planned = time.perf_counter()
+                    engine = manager.get(model)
+                    loaded = time.perf_counter()
+                    _phase(on_phase, DIFFUSION)
+                    if isinstance(song, GenerateRequest):
+                        output = engine.generate(song, seed, retake_seed, step, reference=reference,
+                                                 **({"audio_codes": codes} if codes else {}))
+                    elif isinstance(request, InpaintRequest):
+                        assert source is not None and edit_range is not None
+                        output = edits.inpaint_ranges(engine, request, source, edit_range,
+                                                      extra_ranges, seed, retake_seed, step)
+                    elif isinstance(request, WholeTrackRequest):  # edit, cover and the stem tasks
+                        assert source is not None
+                        output = getattr(engine, task)(request, source, seed, retake_seed, step)
+                    else:
+                        assert isinstance(request, OutpaintRequest) and source is not None
+                        output = edits.outpaint(engine, request, source, seed, retake_seed, step)
+                    finished = time.perf_counter()
+                    timings = {**({"plan": round(planned - started, 3)} if plans else {}),
+                               "load": round(loaded - planned, 3),
+                               "run": round(finished - loaded, 3)}
+                    ran.append((seed, retake_seed, song, plans, output, list(manager.moves),
+                                timings, engine))
+                except Cancelled:
+                    if not ran:
+                        raise
+                    break  # stopped: the takes made before the stop are kept
     results = [_result(task, model, request, manager, source_info, *take, takes=takes, index=index)
                for index, take in enumerate(ran)]
     return results

@@ -32,7 +32,7 @@ from .audio import FORMATS, header_duration_s, read_audio
 from .engines import EngineManager, family_for
 from .errors import Cancelled, InputError, ModelUnavailableError
 from .gpu import JOB_SECONDS, gpu
-from .history import History
+from .history import HISTORY_DAYS, History
 from .requests import ALIASES, TASKS, is_default, schema
 
 logger = logging.getLogger(__name__)
@@ -278,6 +278,9 @@ class _Jobs:
             made = await anyio.to_thread.run_sync(
                 partial(self.run_on_gpu, task, payload, model, fmt, _owner(request), progress,
                         stop, number, takes), abandon_on_cancel=True, limiter=self.threads)
+            if len(made) < takes:  # stopped after a take: the ones made are the result
+                gr.Info(f"Stopped after {len(made)} of {takes} takes; those are kept.",
+                        title="Stopped")
             return tuple(made[0]) if from_api else (*made[0], made)
         except anyio.get_cancelled_exc_class():
             stop.set()  # cancelled by the client or a closed tab: the job ends at its next step
@@ -765,16 +768,18 @@ def _written(params: dict[str, Any] | None) -> tuple[str, str]:
 
 
 def build_app(manager: EngineManager, default_model: str, models: list[str],
-              allowed_folders: tuple[Path, ...] = (), data_dir: Path | None = None) -> gr.Blocks:
+              allowed_folders: tuple[Path, ...] = (), data_dir: Path | None = None,
+              history_days: float = HISTORY_DAYS) -> gr.Blocks:
     """The playground: one tab per task, a shared model selector and output format, and the
     takes under them.
 
     Remote callers choose among `default_model` and `models` only, and name no server file outside
     `allowed_folders` (see `access.RemoteAccess`). The takes are kept under `data_dir/history`
-    (a fresh temp folder without one: then they last as long as the process).
+    for `history_days` (in a fresh temp folder without `data_dir`: then they last as long as the
+    process).
     """
     folder = Path(data_dir) if data_dir else Path(tempfile.mkdtemp(prefix="ace-step-history-"))
-    history = History(folder / "history")
+    history = History(folder / "history", keep_days=history_days)
     choices = list(dict.fromkeys([default_model, *models]))
     jobs = _Jobs(manager, RemoteAccess(tuple(choices), tuple(allowed_folders)))
     tabs: dict[str, _Tab] = {task: _PromptTab(task) if task == "prompt_to_audio" else _Tab(task)
@@ -899,7 +904,7 @@ def build_app(manager: EngineManager, default_model: str, models: list[str],
                             tabs[task].source_layout(default_model, {field: {}}, DESCRIPTIONS[task])
                             tab_presets(tabs[task], by_task.get(task, []))
 
-        current = studio.Studio(history, tabs, model, fmt, tab_group, model_presets)
+        current = studio.Studio(history, tabs, model, fmt, tab_group, model_presets, jobs)
         current.layout()
 
         for task, tab in tabs.items():

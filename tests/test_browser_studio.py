@@ -10,6 +10,7 @@ import sys
 import time
 
 import numpy
+import pyloudnorm
 import pytest
 import soundfile
 from playwright.sync_api import Page, expect
@@ -87,11 +88,15 @@ def test_four_takes_side_by_side_and_ab_keeps_the_playhead(page):
     takes.nth(1).get_by_role("button", name="B", exact=True).click()
     studio = page.locator("#history .studio")
     expect(studio).to_have_attribute("data-ab-ready", "true", timeout=15_000)
-    levels = [float(numpy.sqrt(numpy.mean(numpy.square(audio[i], dtype=numpy.float64))))
-              for i in (0, 1)]
+    rate = soundfile.info(io.BytesIO(page.request.get(
+        page.url.split("?")[0] + take_url(takes.nth(0))).body())).samplerate
+    meter = pyloudnorm.Meter(rate)  # ITU-R BS.1770, as the page's player measures it
+    levels = [meter.integrated_loudness(audio[i].astype(numpy.float64)) for i in (0, 1)]
     quiet = min(levels)
-    assert float(ab_figure(page, "gain-a")) == pytest.approx(quiet / levels[0], rel=1e-3)
-    assert float(ab_figure(page, "gain-b")) == pytest.approx(quiet / levels[1], rel=1e-3)
+    for side, level in zip("ab", levels):
+        assert float(ab_figure(page, f"lufs-{side}")) == pytest.approx(level, abs=0.01)
+        assert float(ab_figure(page, f"gain-{side}")) == pytest.approx(
+            10 ** ((quiet - level) / 20), rel=2e-3)
 
     page.locator("#history .ab-play").click()
     page.wait_for_function("Number(document.querySelector('#history .studio').dataset"
@@ -135,6 +140,12 @@ def test_history_survives_a_reload_and_replay_gives_the_same_samples(page):
     replayed = samples(page, link)
     assert replayed.tobytes() == original.tobytes()
     screenshot(page, "studio-history-after-reload")
+    page.set_viewport_size({"width": 375, "height": 800})  # a phone: the cards fit the width
+    card = page.locator(f'#history .take-card[data-id="{take_id}"]')
+    card.scroll_into_view_if_needed()
+    assert card.bounding_box()["width"] <= 375
+    assert page.evaluate("document.documentElement.scrollWidth") <= 375
+    screenshot(page, "studio-phone-375")
 
 
 def test_a_take_sent_to_inpaint_shows_its_lineage_and_its_recipe_replays(page, tmp_path):
@@ -167,6 +178,17 @@ def test_a_take_sent_to_inpaint_shows_its_lineage_and_its_recipe_replays(page, t
     assert done.returncode == 0, done.stderr
     assert done.stdout.count("same samples") == 2, done.stdout
     screenshot(page, "studio-lineage")
+
+    count = cards(page).count()  # and in the page: every step again, each a take
+    page.locator("#history-recipe-runner").get_by_text("Run a recipe").click()
+    page.locator("#history-recipe-file input[type=file]").set_input_files(str(path))
+    expect(page.locator("#history-recipe-file")).to_contain_text("recipe.json")
+    page.locator("#history-recipe-run").click()
+    expect(page.locator("#history-recipe-report")).to_contain_text(
+        "2 of 2 steps gave the same samples as recorded", timeout=RESULT_TIMEOUT_MS)
+    expect(cards(page)).to_have_count(count + 2)
+    expect(cards(page).first.locator(".take-parent")).to_contain_text("from generate · seed 21")
+    screenshot(page, "studio-recipe-run")
 
 
 def test_deleting_a_take_removes_it_and_its_file(page):

@@ -359,3 +359,30 @@ def test_a_take_s_source_is_kept_once_for_replay_and_goes_with_its_last_take(sto
     assert store.source_path(ALICE, child.id) == store.path(song.id, song.file)
     store.delete(ALICE, song.id)  # the parent goes; the kept copy of its bytes replays the child
     assert store.source_path(ALICE, child.id).read_bytes() == child_source.read_bytes()
+
+
+def test_takes_older_than_the_kept_days_go_with_their_files(tmp_path):
+    kept = History(tmp_path / "history", keep_days=30)
+    upload = tone(tmp_path / "upload.wav", 550)
+    take = kept.add(ALICE, tone(tmp_path / "a.wav", 220), params("inpaint", 1), new_run_id(), 0,
+                    source_path=upload)
+    source = kept.source_path(ALICE, take.id)
+    assert kept.sweep(now=take.created + 29 * 86400) == [] and kept.get(ALICE, take.id)
+    assert kept.sweep(now=take.created + 31 * 86400) == [take.id]
+    assert kept.get(ALICE, take.id) is None and not (kept.takes / take.id).exists()
+    assert not source.exists()
+    forever = History(tmp_path / "forever", keep_days=0)
+    old = forever.add(ALICE, tone(tmp_path / "b.wav", 220), params("generate", 2), new_run_id(), 0)
+    assert forever.sweep(now=old.created + 3650 * 86400) == []
+    with pytest.raises(InputError, match="0 days \\(no end\\) or more"):
+        History(tmp_path / "bad", keep_days=-1)
+
+
+def test_an_owner_s_kept_sources_are_found_by_their_bytes(store, tmp_path):
+    upload = tone(tmp_path / "upload.wav", 550)
+    store.add(ALICE, tone(tmp_path / "a.wav", 220), params("inpaint", 1), new_run_id(), 0,
+              source_path=upload)
+    kept = store.kept_sources(ALICE)
+    assert list(kept) == [sha256_file(upload)]
+    assert kept[sha256_file(upload)].read_bytes() == upload.read_bytes()
+    assert store.kept_sources(BOB) == {}

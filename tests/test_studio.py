@@ -48,3 +48,16 @@ def test_the_take_route_serves_kept_takes_only(tmp_path):
     assert [item["id"] for item in shown] == [take.id]
     assert shown[0]["url"] == f"takes/{take.id}/{take.file}"  # relative: under a proxy's root too
     assert studio.shown(history, "browser:other") == {"takes": []}
+
+
+def test_a_bad_history_days_stops_the_app_with_one_line():
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    done = subprocess.run([sys.executable, "app.py", "--history-days", "-1"],
+                          cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 64
+    assert done.stderr.strip() == "app.py: --history-days must be 0 (keep) or more"

@@ -1,6 +1,7 @@
 """The one request -> result path: checks before any work, and the hosted defaults fitted."""
 
 import json
+import threading
 
 import pytest
 import torch
@@ -8,7 +9,7 @@ import torch
 from ace_step_ui import tasks
 from ace_step_ui.audio import read_audio
 from ace_step_ui.engines import EngineManager
-from ace_step_ui.errors import InputError
+from ace_step_ui.errors import Cancelled, InputError
 from ace_step_ui.requests import parse_request, resolve_range
 
 
@@ -127,3 +128,20 @@ def test_extra_ranges_that_do_not_fit_the_source_are_refused_before_the_model_ru
     with pytest.raises(InputError, match=message):
         tasks.run("inpaint", {"audio": str(sine_wav), "tags": "x", "start_time": 0.5,
                               "end_time": 1.5, "extra_ranges": extra}, manager, str(tiny_v1))
+
+
+def test_a_stop_after_the_first_take_keeps_the_takes_made(tiny_v15):
+    stop = threading.Event()
+
+    def on_step(done: int, total: int) -> None:
+        if done > total // 3:  # into the second of three takes
+            stop.set()
+
+    payload = {"tags": "lofi", "lyrics": "[inst]", "duration": 1, "number_of_steps": 4, "seed": 9}
+    manager = EngineManager(device="cpu")
+    takes = tasks.run_takes("generate", payload, manager, str(tiny_v15), 3, on_step=on_step,
+                            stop=stop)
+    assert [take.seed for take in takes] == [9]
+    stop.set()  # set before the first take ends: nothing is made, the stop is the answer
+    with pytest.raises(Cancelled):
+        tasks.run_takes("generate", payload, manager, str(tiny_v15), 3, stop=stop)
