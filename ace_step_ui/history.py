@@ -485,10 +485,12 @@ def replay_steps(recipe: Mapping[str, Any], manager: EngineManager, *, out_dir: 
                  model_override: str | None = None, sources: Mapping[str, Path] | None = None,
                  on_step: StepCallback | None = None,
                  on_phase: Callable[[str], None] | None = None, owner: str = "",
-                 stop: threading.Event | None = None) -> Iterator[dict[str, Any]]:
+                 stop: threading.Event | None = None,
+                 run_task: Callable[..., tasks.Result] = tasks.run) -> Iterator[dict[str, Any]]:
     """`replay`, step by step: each step's outcome as soon as it is saved, with its "params" and
     the "source" file it was made from. Every step is checked, and every upload found, before the
-    first runs; the steps are `owner`'s jobs, and end at the next step once `stop` is set."""
+    first runs; the steps are `owner`'s jobs, and end at the next step once `stop` is set. Each
+    runs through `run_task` (`tasks.run`, or the app's GPU-wrapped one: one GPU call a step)."""
     steps = check_recipe(recipe)
     models, uploads = [], {}
     for number, step in enumerate(steps):
@@ -517,8 +519,8 @@ def replay_steps(recipe: Mapping[str, Any], manager: EngineManager, *, out_dir: 
         if source is not None:
             made_from = uploads[number] if "file" in source else outputs[source["step"]]
             payload["audio"] = str(made_from)
-        result = tasks.run(step["task"], payload, manager, models[number], on_step=on_step,
-                           on_phase=on_phase, owner=owner, stop=stop)
+        result = run_task(step["task"], payload, manager, models[number], on_step=on_step,
+                          on_phase=on_phase, owner=owner, stop=stop)
         path = tasks.save_result(result, out_dir, step.get("format", "wav"))
         outputs.append(path)
         digest = samples_sha256(path)

@@ -34,9 +34,11 @@
                            take.tags || "(no tags)"));
     if (take.parent) {
       const parent = byId(take.parent);
-      node.append(make("div", {class: "take-parent"},
-                       parent ? `from ${label(parent)}, ${clock(parent.created)}`
-                              : "from an earlier take (deleted)"));
+      node.append(parent
+        ? make("button", {type: "button", class: "take-parent", "data-act": "show-parent",
+                          title: "Show the take this one was made from"},
+               `from ${label(parent)}, ${clock(parent.created)}`)
+        : make("div", {class: "take-parent"}, "from an earlier take (deleted)"));
     }
     const player = make("audio", {controls: "", preload: "none", src: take.url});
     node.append(player, make("div", {class: "take-time"},
@@ -264,6 +266,15 @@
     const take = byId((target.closest(".take-card") || {dataset: {}}).dataset.id);
     if (!what || !take) return;
     if (what === "ab-a" || what === "ab-b") return choose(what.slice(3), take);
+    if (what === "show-parent") {  // where it came from: scrolled to and marked for a moment
+      const parent = element.querySelector(`.take-card[data-id="${take.parent}"]`);
+      if (parent) {
+        parent.scrollIntoView({behavior: "smooth", block: "center"});
+        parent.classList.add("is-shown");
+        setTimeout(() => parent.classList.remove("is-shown"), 1500);
+      }
+      return;
+    }
     if (what.startsWith("send-")) return send("send", take, what.slice(5));
     if (what === "delete") {
       for (const side of ["a", "b"]) if (ab[side] === take.id) { stop(); ab[side] = null; }

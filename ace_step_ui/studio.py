@@ -24,6 +24,7 @@ from fastapi import APIRouter
 from fastapi.responses import FileResponse, JSONResponse
 from starlette.routing import BaseRoute
 
+from . import tasks
 from .errors import Cancelled, InputError, ModelUnavailableError
 from .gpu import JOB_SECONDS, gpu
 from .history import History, Take, check_recipe, new_run_id, replay_steps, sha256_file
@@ -69,12 +70,14 @@ STYLE = """
 .take-tags { font-size: var(--text-sm); overflow: hidden; text-overflow: ellipsis;
              white-space: nowrap; }
 .take-parent, .take-time { font-size: var(--text-xs); color: var(--body-text-color-subdued); }
+.studio button.take-parent { border: none; background: none; padding: 0; text-align: left;
+                             text-decoration: underline dotted; }
+.take-card.is-shown { outline: 2px solid var(--color-accent); }
 .take-actions { display: flex; flex-wrap: wrap; gap: 4px; }
 .takes-empty { color: var(--body-text-color-subdued); font-size: var(--text-sm); }
 """
 STORAGE_KEY = "ace-step-playground-history"
 SECRET_FILE = "browser-state.secret"
-SHOWN = 60  # takes listed on the page, newest first
 TAKES_ROUTE = "takes"
 STEM_TASKS = ("extract", "lego", "complete")  # tabs inside the Stems tab
 RECIPE_NOTE = ("Every step of a recipe (a take's **Recipe** button gives one) runs again on this "
@@ -119,7 +122,7 @@ def shown(history: History, owner: str) -> dict[str, Any]:
     return {"takes": [{**take.summary(), "model_label": model_label(take.model),
                        "sample_rate": take.params.get("sample_rate"),
                        "url": f"{TAKES_ROUTE}/{take.id}/{take.file}"}
-                      for take in history.list(owner, SHOWN)]}
+                      for take in history.list(owner, history.limit)]}
 
 
 def served_copy(path: Path) -> str:
@@ -148,7 +151,7 @@ class Studio:
                  jobs: Any):
         self.history = history
         self.jobs = jobs  # `ui._Jobs`: what remote callers may name, and the job threads
-        self._steps_on_gpu = gpu(duration=JOB_SECONDS)(self._run_steps)
+        self._run_on_gpu = gpu(duration=JOB_SECONDS)(tasks.run)  # one GPU call a step
         self.tabs = tabs
         self.model = model
         self.fmt = fmt
@@ -259,7 +262,7 @@ class Studio:
         stop = threading.Event()
         try:
             done = await anyio.to_thread.run_sync(
-                partial(self._steps_on_gpu, recipe, sources, owner,
+                partial(self._run_steps, recipe, sources, owner,
                         getattr(request, "session_hash", None) or "", stop, progress),
                 abandon_on_cancel=True, limiter=self.jobs.threads)
         except anyio.get_cancelled_exc_class():
@@ -299,7 +302,8 @@ class Studio:
             progress((step, total), desc=f"step {len(done) + 1} of {count}")
 
         for item in replay_steps(recipe, self.jobs.manager, out_dir=folder, sources=sources,
-                                 on_step=on_step, owner=session, stop=stop):
+                                 on_step=on_step, owner=session, stop=stop,
+                                 run_task=self._run_on_gpu):
             self.history.add(owner, item["path"], item["params"], new_run_id(), 0,
                              source_path=item["source"])
             done.append(item)

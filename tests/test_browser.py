@@ -78,8 +78,17 @@ def number_in(page: Page, elem_id: str) -> float:
 
 
 def fast_steps(page: Page, task: str) -> None:
+    """Open Advanced and set 2 steps. A loaded machine may still be drawing the accordion's fields
+    when the value is typed, and a field drawn afresh shows its preset again: so the value is
+    typed until it holds."""
     page.locator(f"#{task}-advanced").get_by_text("Advanced").click()
-    fill_number(page, f"{task}-number_of_steps", 2)
+    box = page.locator(f"#{task}-number_of_steps input[type=number]")
+    for _ in range(3):
+        fill_number(page, f"{task}-number_of_steps", 2)
+        page.wait_for_timeout(300)
+        if box.input_value() == "2":
+            break
+    expect(box).to_have_value("2")
 
 
 def seconds(path) -> str:

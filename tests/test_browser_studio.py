@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import subprocess
 import sys
 import time
@@ -161,8 +162,23 @@ def test_a_take_sent_to_inpaint_shows_its_lineage_and_its_recipe_replays(page, t
     count = cards(page).count()
     page.locator("#inpaint-run").click()
     expect(cards(page)).to_have_count(count + 1, timeout=RESULT_TIMEOUT_MS)
-    child = cards(page).first
+    child_id = cards(page).first.get_attribute("data-id")
+    child = page.locator(f'#history .take-card[data-id="{child_id}"]')
     expect(child.locator(".take-parent")).to_contain_text("from generate · seed 21")
+    child.locator(".take-parent").click()  # shows where it came from
+    expect(root).to_have_class(re.compile("is-shown"))
+
+    fill_number(page, "inpaint-seed", 99)  # the replay puts back the edit's own values and source
+    fill_number(page, "inpaint-start_time", 0.2)
+    child.get_by_role("button", name="Replay").click()
+    expect(page.locator("#inpaint-seed input[type=number]")).to_have_value("22")
+    expect(page.locator("#inpaint-start_time input[type=number]")).to_have_value("0.5")
+    expect(page.locator("#inpaint-end_time input[type=number]")).to_have_value("1.5")
+    count = cards(page).count()
+    page.locator("#inpaint-run").click()
+    expect(cards(page)).to_have_count(count + 1, timeout=RESULT_TIMEOUT_MS)
+    replayed = samples(page, page.locator("#inpaint-result a[download]").get_attribute("href"))
+    assert replayed.tobytes() == samples(page, take_url(child)).tobytes()
 
     child.get_by_role("button", name="Recipe").click()
     link = page.locator("#history-recipe a[download]")
