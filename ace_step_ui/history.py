@@ -104,7 +104,9 @@ class Take:
 
     @property
     def url(self) -> str:
-        return f"/takes/{self.id}/{quote(self.file)}"
+        """Relative, so that it resolves under the page's own address (a proxy's root path
+        included); `studio.routes` serves it."""
+        return f"takes/{self.id}/{quote(self.file)}"
 
     def summary(self) -> dict[str, Any]:
         """What the page shows of a take, as JSON."""

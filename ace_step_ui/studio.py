@@ -118,10 +118,8 @@ def model_label(model: str) -> str:
 
 def shown(history: History, owner: str) -> dict[str, Any]:
     """The panel's value: the owner's newest takes."""
-    # relative links: they resolve under the page's own address (a proxy's root path included)
     return {"takes": [{**take.summary(), "model_label": model_label(take.model),
-                       "sample_rate": take.params.get("sample_rate"),
-                       "url": f"{TAKES_ROUTE}/{take.id}/{take.file}"}
+                       "sample_rate": take.params.get("sample_rate")}
                       for take in history.list(owner, history.limit)]}
 
 
@@ -236,8 +234,8 @@ class Studio:
                                            dir=Path(gr.utils.get_upload_folder())))
             path = folder / f"recipe-{take.task}-{take.seed}.json"
             path.write_text(json.dumps(recipe, indent=2, ensure_ascii=False))
-            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.File(str(path), visible=True), \
-                *skip[4:]
+            return (gr.skip(), *self._fill({}, [gr.skip(), gr.skip(), gr.skip(),
+                                               gr.File(str(path), visible=True)]))
         if kind == "send":
             return (gr.skip(), *self._send(take, str(action.get("target", ""))))
         if kind == "replay":
@@ -318,10 +316,16 @@ class Studio:
             values += [chosen[name] if name in chosen else gr.skip() for name in tab.spec]
         return values
 
+    def _file(self, take: Take) -> Path:
+        path = self.history.path(take.id, take.file)
+        if path is None:
+            raise gr.Error("this take's audio is gone from the server", print_exception=False)
+        return path
+
     def _send(self, take: Take, target: str) -> list[Any]:
         if target not in ("inpaint", "outpaint", "edit"):
             raise gr.Error(f"a take cannot be sent to {target!r}", print_exception=False)
-        audio = served_copy(self.history.path(take.id, take.file))
+        audio = served_copy(self._file(take))
         song = {"tags": take.tags, "lyrics": take.lyrics}
         if target == "edit":
             song.update(original_tags=take.tags, original_lyrics=take.lyrics)

@@ -369,11 +369,16 @@ def _endpoint(task: str, jobs: _Jobs, from_api: bool) -> Callable[..., Any]:
 
 
 def table_rows(table: Any) -> Any:
-    """A table's payload ({"headers", "data", ...}) as its rows of [start, end, tags, lyrics],
-    without the blank ones; anything else as it came, for `parse_request` to judge."""
-    if not isinstance(table, dict) or not isinstance(table.get("data"), list):
+    """A table as its rows of [start, end, tags, lyrics], without the blank ones: the form's
+    payload ({"headers", "data", ...}) or an event's pandas DataFrame; anything else as it came,
+    for `parse_request` to judge."""
+    if hasattr(table, "columns") and hasattr(table, "values"):
+        rows = table.values.tolist()
+    elif isinstance(table, dict) and isinstance(table.get("data"), list):
+        rows = table["data"]
+    else:
         return table
-    rows = [row[:len(RANGE_HEADERS)] if isinstance(row, list) else row for row in table["data"]]
+    rows = [row[:len(RANGE_HEADERS)] if isinstance(row, list) else row for row in rows]
     return [row for row in rows if not (isinstance(row, list) and all(map(_blank, row)))]
 
 
@@ -515,13 +520,6 @@ def _wave_range(wave: dict[str, Any] | None, start: float, start_anchor: str, en
     return waveform.with_range(wave, start, start_anchor, end, end_anchor) if wave else gr.skip()
 
 
-def _table_rows(table: Any) -> list[list[Any]]:
-    """The rows of a table as an event receives it (a pandas DataFrame), without blank ones."""
-    rows = table.values.tolist() if hasattr(table, "values") else table_rows(table) or []
-    return [list(row) for row in rows if isinstance(row, (list, tuple))
-            and not all(map(_blank, row))]
-
-
 def _add_range(wave: dict[str, Any] | None, start: float, start_anchor: str, end: float,
                end_anchor: str, table: Any) -> list[list[Any]]:
     """The range of the fields, as one more row of the extra ranges (its tags and lyrics blank:
@@ -530,7 +528,7 @@ def _add_range(wave: dict[str, Any] | None, start: float, start_anchor: str, end
         raise gr.Error("upload the source audio first, then mark a range on its waveform",
                        print_exception=False)
     marked = waveform.with_range(wave, start, start_anchor, end, end_anchor) or {}
-    rows = _table_rows(table)
+    rows = table_rows(table) or []
     if not marked.get("end", 0) > marked.get("start", 0):
         raise gr.Error("the range is empty: drag across the waveform, or set Start and End",
                        print_exception=False)
@@ -543,7 +541,7 @@ def _wave_others(wave: dict[str, Any] | None, start: float, start_anchor: str, e
     if not wave:
         return gr.skip()
     return waveform.with_others(waveform.with_range(wave, start, start_anchor, end, end_anchor),
-                                _table_rows(table))
+                                table_rows(table))
 
 
 def _new_extension(path: str | None, before: float, after: float) -> dict[str, Any] | None:
@@ -911,12 +909,11 @@ def build_app(manager: EngineManager, default_model: str, models: list[str],
             outputs = [tab.result, tab.seed_used, tab.params]
             # concurrency_limit=None: jobs wait for the model in `EngineManager.slot`, after their
             # checks and reads, so a bad request is refused at once and a cancel frees the slot.
-            tab.ran = ran = tab.run.click(_endpoint(task, jobs, from_api=False),
-                                [*tab.ordered_inputs(), model, fmt, tab.takes],
-                                [*outputs, tab.takes_made],
-                                api_name=f"{task}_form", api_visibility="private",
-                                preprocess=False, concurrency_limit=None,
-                                show_progress_on=tab.result)
+            tab.ran = ran = tab.run.click(
+                _endpoint(task, jobs, from_api=False),
+                [*tab.ordered_inputs(), model, fmt, tab.takes], [*outputs, tab.takes_made],
+                api_name=f"{task}_form", api_visibility="private", preprocess=False,
+                concurrency_limit=None, show_progress_on=tab.result)
             ran.success(_after_result, [tab.result, tab.params],
                         [tab.after, tab.summary, *tab.calls], **UI_EVENT)
             if isinstance(tab, _PromptTab):

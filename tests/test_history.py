@@ -62,7 +62,7 @@ def test_add_list_get_and_delete(store, tmp_path):
         "id": first.id, "run_id": run_id, "index": 0, "created": first.created, "task": "generate",
         "model": "ACE-Step/ACE-Step-v1-3.5B", "seed": 5, "tags": "lofi", "lyrics": "",
         "format": "wav", "file": song.name, "parent": None, "duration_s": 1.0,
-        "url": f"/takes/{first.id}/{song.name}"}
+        "url": f"takes/{first.id}/{song.name}"}
     json.dumps(first.summary())
     assert store.path(first.id, song.name).read_bytes() == song.read_bytes()
 
