@@ -298,7 +298,7 @@ def test_config_ignores_bookkeeping_keys():
     assert config.inner_dim == config.num_attention_heads * config.attention_head_dim
 
 
-def test_feed_forward_runs_its_1x1_convolutions_as_gemms_with_the_same_result():
+def test_feed_forward_runs_its_1x1_convolutions_as_gemms_and_its_depthwise_one_channels_last():
     """The reference op: upstream's convolutions on channels-first activations."""
     from ace_step_ui.v1.transformer import GLUMBConv
 
@@ -311,6 +311,20 @@ def test_feed_forward_runs_its_1x1_convolutions_as_gemms_with_the_same_result():
     got = ff(x)
     assert got.shape == reference.shape
     assert relative_rms(got, reference) < 1e-6
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_depthwise_convolution_on_channels_last_tokens_equals_the_conv1d(dtype):
+    from ace_step_ui.v1.transformer import depthwise
+
+    torch.manual_seed(1)
+    for kernel in (3, 5):
+        conv = torch.nn.Conv1d(24, 24, kernel, padding=kernel // 2, groups=24).to(dtype)
+        x = torch.randn(3, 17, 24, dtype=dtype)
+        reference = conv(x.transpose(1, 2)).transpose(1, 2)
+        got = depthwise(conv, x)
+        assert got.shape == x.shape and got.dtype == dtype and got.is_contiguous()
+        assert relative_rms(got.float(), reference.float()) < (1e-6 if dtype == torch.float32 else 1e-2)
 
 
 def decode_inputs(config: TransformerConfig, batch: int, seed: int):
@@ -360,3 +374,20 @@ def test_an_all_real_mask_runs_unmasked_with_the_masked_result(model):
     assert cross_attention_bias(frames, padded_mask) is not None
     masked = model.decode(latents, frames, padded, padded_mask, timestep)
     assert relative_rms(unmasked, masked) < 1e-5
+
+
+def test_self_attention_without_a_frame_mask_equals_it_with_every_frame_real():
+    """decode passes no frame mask when every frame is real: the multiplications by one it skips
+    change no bit; a real mask still zeroes what it masks."""
+    from ace_step_ui.v1.attention import LinearSelfAttention, rotary_tables
+
+    torch.manual_seed(3)
+    attention = LinearSelfAttention(32, 4, 8)
+    x = torch.randn(2, 13, 32)
+    rotary = rotary_tables(13, 8, 10000.0, x.device, x.dtype)
+    assert torch.equal(attention(x, None, rotary), attention(x, torch.ones(2, 13), rotary))
+    mask = torch.ones(2, 13)
+    mask[1, 9:] = 0
+    masked = attention(x, mask, rotary)
+    assert torch.equal(masked[0], attention(x, None, rotary)[0])
+    assert not torch.allclose(masked[1, :9], attention(x, None, rotary)[1, :9])

@@ -90,8 +90,9 @@ class LinearSelfAttention(nn.Module):
         self.to_v = nn.Linear(dim, inner)
         self.to_out = nn.ModuleList([nn.Linear(inner, dim)])
 
-    def forward(self, hidden_states: torch.Tensor, mask: torch.Tensor,
+    def forward(self, hidden_states: torch.Tensor, mask: torch.Tensor | None,
                 rotary: tuple[torch.Tensor, torch.Tensor], query_scale: QueryScale = 1.0) -> torch.Tensor:
+        """`mask [B, S]` marks the real frames; None when every frame is real."""
         dtype = hidden_states.dtype
         batch, length, _ = hidden_states.shape
         query = scale_queries(self.to_q(hidden_states), query_scale)
@@ -99,10 +100,12 @@ class LinearSelfAttention(nn.Module):
         key = apply_rotary(split_heads(self.to_k(hidden_states), self.heads), *rotary)  # [B,H,S,D]
         value = split_heads(self.to_v(hidden_states), self.heads).transpose(-1, -2)  # [B,H,D,S]
 
-        frame_mask = mask[:, None, :, None].to(key.dtype)  # [B,1,S,1]
-        query = torch.relu(query * frame_mask.transpose(-1, -2))
-        key = torch.relu(key * frame_mask)
-        value = value * frame_mask.transpose(-1, -2)
+        if mask is not None:
+            frame_mask = mask[:, None, :, None].to(key.dtype)  # [B,1,S,1]
+            query = query * frame_mask.transpose(-1, -2)
+            key = key * frame_mask
+            value = value * frame_mask.transpose(-1, -2)
+        query, key = torch.relu(query), torch.relu(key)
 
         # A row of ones appended to v makes the same two matmuls also give the denominator.
         value = F.pad(value.float(), (0, 0, 0, 1), value=1.0)

@@ -115,13 +115,25 @@ class GLUMBConv(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = nn.functional.silu(pointwise(self.inverted_conv.conv, x))  # [B, T, 2H]
-        x, gate = self.depth_conv(x.transpose(1, 2)).chunk(2, dim=1)
-        return pointwise(self.point_conv.conv, (x * nn.functional.silu(gate)).transpose(1, 2))
+        x, gate = depthwise(self.depth_conv.conv, x).chunk(2, dim=-1)
+        return pointwise(self.point_conv.conv, x * nn.functional.silu(gate))
 
 
 def pointwise(conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
     """A 1x1 Conv1d applied to channels-last `x [B, T, C]` as a linear layer."""
     return nn.functional.linear(x, conv.weight.squeeze(-1), conv.bias)
+
+
+def depthwise(conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
+    """A depthwise Conv1d applied to channels-last `x [B, T, C]`, returning `[B, T, C]`.
+
+    `x` viewed as `[B, C, 1, T]` is already in torch's channels-last 2-D layout, so it runs as a
+    1 x k conv2d with no copy either way. On CPU the op is 7-20x faster than the Conv1d on the
+    transposed input at the full-size shapes, and a full-size DiT forward takes about 0.92x its
+    time (bench/dit_forward.py); equal to the Conv1d within float32 rounding (tests)."""
+    out = nn.functional.conv2d(x.transpose(1, 2).unsqueeze(2), conv.weight.unsqueeze(2), conv.bias,
+                               padding=(0, conv.padding[0]), groups=conv.groups)
+    return out.squeeze(2).transpose(1, 2)
 
 
 class TransformerBlock(nn.Module):
@@ -134,7 +146,7 @@ class TransformerBlock(nn.Module):
         self.ff = GLUMBConv(dim, int(dim * mlp_ratio))
         self.scale_shift_table = nn.Parameter(torch.randn(6, dim) / dim ** 0.5)  # upstream's init
 
-    def forward(self, hidden_states: torch.Tensor, mask: torch.Tensor, context: torch.Tensor,
+    def forward(self, hidden_states: torch.Tensor, mask: torch.Tensor | None, context: torch.Tensor,
                 cross_bias: torch.Tensor | None, rotary: tuple[torch.Tensor, torch.Tensor],
                 context_rotary: tuple[torch.Tensor, torch.Tensor], timestep_modulation: torch.Tensor,
                 query_scale: QueryScale = 1.0,
@@ -325,10 +337,12 @@ class ACEStepTransformer(nn.Module):
         context_rotary = rotary_tables(encoder_hidden_states.shape[1], head_dim, theta,
                                        encoder_hidden_states.device, encoder_hidden_states.dtype)
         cross_bias = cross_attention_bias(attention_mask, encoder_hidden_mask)
+        # Every frame real (a song's usual case): the self-attention skips multiplying by ones.
+        frame_mask = None if bool(attention_mask.all()) else attention_mask
         erg_scale = erg_query_scale(erg_diffusion)
         for index, block in enumerate(self.transformer_blocks):
             query_scale = erg_scale if index in ERG_DIFFUSION_BLOCKS else 1.0
-            tokens = block(tokens, attention_mask, encoder_hidden_states, cross_bias, rotary,
+            tokens = block(tokens, frame_mask, encoder_hidden_states, cross_bias, rotary,
                            context_rotary, timestep_modulation, query_scale,
                            condition.keys_values[index] if condition is not None else None)
         return self.final_layer(tokens, timestep_embedding, width)
