@@ -44,7 +44,6 @@ def cards(page: Page):
 
 def make_takes(page: Page, takes: int, seed: int, tags: str = "lofi, rhodes") -> None:
     """Generate `takes` takes of a 2 s instrumental at 2 steps from `seed`."""
-    before = cards(page).count()
     fill_text(page, "generate-tags", tags)
     fill_text(page, "generate-lyrics", "[inst]")
     fill_number(page, "generate-duration", 2)
@@ -54,7 +53,13 @@ def make_takes(page: Page, takes: int, seed: int, tags: str = "lofi, rhodes") ->
     else:
         fill_number(page, "generate-number_of_steps", 2)
     fill_number(page, "generate-takes", takes)
-    page.locator("#generate-run").click()
+    run(page, "generate", takes)
+
+
+def run(page: Page, tab: str, takes: int = 1) -> None:
+    """Run `tab` and wait for its takes to join the history."""
+    before = cards(page).count()
+    page.locator(f"#{tab}-run").click()
     expect(cards(page)).to_have_count(before + takes, timeout=RESULT_TIMEOUT_MS)
 
 
@@ -134,9 +139,7 @@ def test_history_survives_a_reload_and_replay_gives_the_same_samples(page):
     expect(page.locator("#generate-tags textarea")).to_have_value("replay me, piano")
     expect(page.locator("#generate-seed input[type=number]")).to_have_value("11")
     expect(page.locator("#generate-duration input[type=number]")).to_have_value("2")
-    count = cards(page).count()
-    page.locator("#generate-run").click()
-    expect(cards(page)).to_have_count(count + 1, timeout=RESULT_TIMEOUT_MS)
+    run(page, "generate")
     link = page.locator("#generate-result a[download]").get_attribute("href")
     replayed = samples(page, link)
     assert replayed.tobytes() == original.tobytes()
@@ -159,9 +162,7 @@ def test_a_take_sent_to_inpaint_shows_its_lineage_and_its_recipe_replays(page, t
     fill_number(page, "inpaint-end_time", 1.5)
     fill_number(page, "inpaint-seed", 22)
     fast_steps(page, "inpaint")
-    count = cards(page).count()
-    page.locator("#inpaint-run").click()
-    expect(cards(page)).to_have_count(count + 1, timeout=RESULT_TIMEOUT_MS)
+    run(page, "inpaint")
     child_id = cards(page).first.get_attribute("data-id")
     child = page.locator(f'#history .take-card[data-id="{child_id}"]')
     expect(child.locator(".take-parent")).to_contain_text("from generate · seed 21")
@@ -174,9 +175,7 @@ def test_a_take_sent_to_inpaint_shows_its_lineage_and_its_recipe_replays(page, t
     expect(page.locator("#inpaint-seed input[type=number]")).to_have_value("22")
     expect(page.locator("#inpaint-start_time input[type=number]")).to_have_value("0.5")
     expect(page.locator("#inpaint-end_time input[type=number]")).to_have_value("1.5")
-    count = cards(page).count()
-    page.locator("#inpaint-run").click()
-    expect(cards(page)).to_have_count(count + 1, timeout=RESULT_TIMEOUT_MS)
+    run(page, "inpaint")
     replayed = samples(page, page.locator("#inpaint-result a[download]").get_attribute("href"))
     assert replayed.tobytes() == samples(page, take_url(child)).tobytes()
 
