@@ -95,7 +95,12 @@ class MusicDCAE:
         for item in latents / LATENT_SCALE + LATENT_SHIFT:
             mel = denormalise_log_mel(self.dcae.decoder(item[None]))[0]  # [2, n_mels, 8F]
             mel = mel.to(device=vocoder_parameter.device, dtype=vocoder_parameter.dtype)
-            # One channel at a time, as upstream does, to bound the vocoder's peak memory.
-            channels = [self.vocoder(mel[channel][None])[0, 0] for channel in range(mel.shape[0])]
-            waves.append(torch.stack(channels).float())
+            if mel.device.type == "cpu":
+                # Both channels at once: the CPU vocoder's tiles bound its memory, and oneDNN is
+                # faster at batch 2 (0.8-0.9x the time of two calls in tiles).
+                waves.append(self.vocoder(mel)[:, 0].float())
+            else:
+                # One channel at a time, as upstream does, to bound the vocoder's peak memory.
+                channels = [self.vocoder(mel[channel][None])[0, 0] for channel in range(mel.shape[0])]
+                waves.append(torch.stack(channels).float())
         return resample(torch.stack(waves), MODEL_SAMPLE_RATE, OUTPUT_SAMPLE_RATE)

@@ -22,6 +22,10 @@ from .mel import LogMelSpectrogram
 
 LAYER_SCALE_INIT = 1e-6
 NORM_EPS = 1e-6
+# A CPU tile of a HiFi-GAN stage: ~2 MiB of activations per tensor stays in cache; from 2^15 to
+# 2^22 elements a tile, 2^19 was within ~20% of the fastest for every stage of both the released
+# and the test vocoder (2 threads, float32), the whole stage up to 4x slower at 2^22.
+TILE_BYTES = 2 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -210,6 +214,13 @@ class ResBlock(nn.Module):
 
 
 class HiFiGANHead(nn.Module):
+    """Upsampling stages (transposed conv, then the mean of the stage's ResBlocks) to one channel.
+
+    On a CPU a stage whose activations outgrow the cache runs in time tiles, each with enough of
+    its input either side that every kept output sample sees exactly its full-length inputs: the
+    same samples up to float rounding (~1e-7), about twice as fast on a 30 s song's last stages.
+    """
+
     def __init__(self, config: VocoderConfig) -> None:
         super().__init__()
         width = config.upsample_initial_channel
@@ -226,17 +237,56 @@ class HiFiGANHead(nn.Module):
             for k, d in zip(config.resblock_kernel_sizes, config.resblock_dilation_sizes))
         self.conv_post = WeightNormConv1d(width // 2**len(self.ups), 1, config.post_conv_kernel_size,
                                           padding=same_padding(config.post_conv_kernel_size))
+        self.config = config
+        self.tile_bytes = TILE_BYTES
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv_pre(x)
-        for stage, upsample in enumerate(self.ups):
-            x = upsample(F.silu(x))
-            blocks = self.resblocks[stage * self.kernels_per_stage:(stage + 1) * self.kernels_per_stage]
-            total = blocks[0](x)
-            for block in blocks[1:]:
-                total = total + block(x)
-            x = total / self.kernels_per_stage
-        return torch.tanh(self.conv_post(F.silu(x)))
+        for stage in range(len(self.ups)):
+            x = self.stage_in_tiles(stage, x)
+        return x
+
+    def stage(self, stage: int, x: torch.Tensor) -> torch.Tensor:
+        """One upsampling stage; the last one ends with the output conv and tanh."""
+        x = self.ups[stage](F.silu(x))
+        blocks = self.resblocks[stage * self.kernels_per_stage:(stage + 1) * self.kernels_per_stage]
+        total = blocks[0](x)
+        for block in blocks[1:]:
+            total = total + block(x)
+        x = total / self.kernels_per_stage
+        if stage == len(self.ups) - 1:
+            x = torch.tanh(self.conv_post(F.silu(x)))
+        return x
+
+    def stage_halo(self, stage: int) -> int:
+        """Input samples on each side that reach one output sample of `stage`."""
+        config = self.config
+        reach = max(sum(same_padding(k, d) + same_padding(k) for d in dilations)
+                    for k, dilations in zip(config.resblock_kernel_sizes, config.resblock_dilation_sizes))
+        if stage == len(self.ups) - 1:
+            reach += same_padding(config.post_conv_kernel_size)
+        rate, kernel = config.upsample_rates[stage], config.upsample_kernel_sizes[stage]
+        return -(-reach // rate) + -(-kernel // rate) + 1
+
+    def stage_in_tiles(self, stage: int, x: torch.Tensor) -> torch.Tensor:
+        rate, kernel = self.config.upsample_rates[stage], self.config.upsample_kernel_sizes[stage]
+        channels = self.ups[stage].weight_v.shape[1]
+        halo, length = self.stage_halo(stage), x.shape[-1]
+        # At least 16 halos a tile, so the overlap costs under 1/8 of the work.
+        tile = max(self.tile_bytes // (x.shape[0] * channels * rate * x.element_size()), 16 * halo)
+        if x.device.type != "cpu" or length < 2 * tile or (kernel - rate) % 2:
+            return self.stage(stage, x)  # on a GPU, or short enough, or an output not rate * length
+        tiles = -(-length // tile)
+        tile = -(-length // tiles)
+        out = None
+        for start in range(0, length, tile):
+            end = min(length, start + tile)
+            first, last = max(0, start - halo), min(length, end + halo)
+            part = self.stage(stage, x[..., first:last])[..., (start - first) * rate:(end - first) * rate]
+            if out is None:
+                out = part.new_empty(*part.shape[:-1], length * rate)
+            out[..., start * rate:end * rate] = part
+        return out
 
 
 class HiFiGANVocoder(nn.Module):

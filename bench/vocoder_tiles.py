@@ -1,0 +1,120 @@
+"""The v1 vocoder on a CPU: upstream's way (each channel whole, one after the other) against ours
+(both channels at once, each HiFi-GAN stage in cache-sized time tiles), in one run.
+
+    python bench/vocoder_tiles.py [--size full|tiny] [--seconds 10 30] [--repeats 3] [--threads 2]
+                                  [--sweep]
+
+Random weights (with the test checkpoint's audible gains) at the released sizes (`full`, from tests/fixtures/ace_step_v1_tiny/full_size_keys.json)
+or the test checkpoint's (`tiny`), a random stereo log-mel of each length; the two ways alternate
+and each figure is the median of the repeats, with the largest difference of their waveforms.
+--sweep also times each stage alone on inputs of 2^15 to 2^22 output elements (ns per element):
+how `TILE_BYTES` was chosen.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from ace_step_ui.v1.tiny import VOCODER_CONFIG, audible_gains  # noqa: E402
+from ace_step_ui.v1.vocoder import TILE_BYTES, HiFiGANVocoder, VocoderConfig  # noqa: E402
+
+FULL_SIZE = REPO / "tests" / "fixtures" / "ace_step_v1_tiny" / "full_size_keys.json"
+WHOLE = 2**62  # a tile budget no stage reaches
+
+
+def build(size: str) -> HiFiGANVocoder:
+    config = (json.loads(FULL_SIZE.read_text())["components"]["music_vocoder"]["config_json"]
+              if size == "full" else VOCODER_CONFIG)
+    torch.manual_seed(0)
+    vocoder = HiFiGANVocoder(VocoderConfig.from_json(config)).eval().requires_grad_(False)
+    audible_gains(vocoder)  # as the test checkpoint's: a signal of audible scale, not ~1e-11
+    return vocoder
+
+
+def upstream_way(vocoder: HiFiGANVocoder, mel: torch.Tensor) -> torch.Tensor:
+    vocoder.head.tile_bytes = WHOLE
+    try:
+        return torch.cat([vocoder(mel[channel][None]) for channel in range(mel.shape[0])])
+    finally:
+        vocoder.head.tile_bytes = TILE_BYTES
+
+
+def timed(action, *arguments) -> tuple[float, torch.Tensor]:
+    started = time.perf_counter()
+    result = action(*arguments)
+    return time.perf_counter() - started, result
+
+
+def compare(vocoder: HiFiGANVocoder, seconds: float, repeats: int) -> None:
+    mel = torch.randn(2, vocoder.config.n_mels, int(seconds * vocoder.sample_rate / vocoder.config.hop_length),
+                      generator=torch.Generator().manual_seed(0))
+    ways = {"upstream's way": upstream_way, "ours": lambda model, mels: model(mels)}
+    times: dict[str, list[float]] = {name: [] for name in ways}
+    outputs = {}
+    for repeat in range(repeats + 1):  # the first round warms up
+        for name in (list(ways) if repeat % 2 == 0 else list(ways)[::-1]):
+            spent, outputs[name] = timed(ways[name], vocoder, mel)
+            if repeat:
+                times[name].append(spent)
+    ours, theirs = (statistics.median(times[name]) for name in ("ours", "upstream's way"))
+    difference = (outputs["ours"] - outputs["upstream's way"]).abs().max().item()
+    scale = outputs["upstream's way"].abs().max().item()
+    print(f"{seconds:>6.0f} s stereo   {theirs:8.2f} s {ours:8.2f} s   {ours / theirs:5.2f}   "
+          f"{difference:.1e} (largest |sample| {scale:.2f})", flush=True)
+
+
+def sweep(vocoder: HiFiGANVocoder) -> None:
+    head = vocoder.head
+    print("\nns per output element, one stage alone at batch 2 (columns: log2 of the elements)")
+    print("stage channels  " + "  ".join(f"{power:>6}" for power in range(15, 23)))
+    with torch.no_grad():
+        for stage, upsample in enumerate(head.ups):
+            channels = upsample.weight_v.shape[1]
+            rate = vocoder.config.upsample_rates[stage]
+            row = []
+            for power in range(15, 23):
+                length = max(8, 2**power // (2 * channels * rate))
+                x = torch.randn(2, upsample.weight_v.shape[0], length)
+                head.stage(stage, x)
+                repeats = max(1, 2**21 // 2**power)
+                started = time.perf_counter()
+                for _ in range(repeats):
+                    head.stage(stage, x)
+                spent = (time.perf_counter() - started) / repeats
+                row.append(f"{spent / (2 * channels * rate * length) * 1e9:6.1f}")
+            print(f"{stage:>5} {channels:>8}  " + "  ".join(row), flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", choices=["full", "tiny"], default="full")
+    parser.add_argument("--seconds", type=float, nargs="+", default=[10.0, 30.0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--sweep", action="store_true")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    vocoder = build(args.size)
+    print(f"torch {torch.__version__}, {args.threads} threads, float32, {args.size}-size vocoder "
+          f"(random weights), tile {vocoder.head.tile_bytes // 2**20} MiB, medians of {args.repeats}")
+    print("length           upstream's way     ours   ratio   max |difference|")
+    with torch.no_grad():
+        for seconds in args.seconds:
+            compare(vocoder, seconds, args.repeats)
+    if args.sweep:
+        sweep(vocoder)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

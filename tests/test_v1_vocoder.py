@@ -1,0 +1,74 @@
+"""The vocoder's CPU tiles: the same samples as the whole stage, and a halo that is needed."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ace_step_ui.v1.vocoder import TILE_BYTES, HiFiGANHead
+from ace_step_ui.v1.weights import build_on_meta
+from test_v1_autoencoder import load_vocoder
+
+MEL_FRAMES = 400  # long enough that every stage of the test vocoder runs in several tiles
+# Float rounding only: oneDNN may sum a shorter convolution in another order (seen: ~1e-7).
+TOLERANCE = 1e-5
+
+
+@pytest.fixture(scope="module")
+def vocoder(tiny_v1_weights):
+    return load_vocoder(tiny_v1_weights)
+
+
+def mel() -> torch.Tensor:
+    return torch.randn(1, 128, MEL_FRAMES, generator=torch.Generator().manual_seed(0))
+
+
+def run(vocoder, tile_bytes: int) -> tuple[torch.Tensor, list[int]]:
+    """The waveform with `tile_bytes` a tile, and the number of tiles each stage ran in."""
+    head, calls = vocoder.head, []
+    plain_stage = head.stage
+    head.stage = lambda stage, x: (calls.append(stage), plain_stage(stage, x))[1]
+    head.tile_bytes = tile_bytes
+    try:
+        with torch.no_grad():
+            wave = vocoder(mel())
+    finally:
+        del head.stage
+        head.tile_bytes = TILE_BYTES
+    return wave, [calls.count(stage) for stage in range(len(head.ups))]
+
+
+def test_tiles_give_the_whole_stage_s_samples(vocoder):
+    whole, whole_tiles = run(vocoder, tile_bytes=2**40)
+    tiled, tiles = run(vocoder, tile_bytes=1)
+    assert whole_tiles == [1] * len(vocoder.head.ups)
+    assert all(count >= 2 for count in tiles), tiles
+    assert tiled.shape == whole.shape == (1, 1, MEL_FRAMES * vocoder.config.hop_length)
+    scale = whole.abs().max().item()
+    assert scale > 1e-3
+    assert (tiled - whole).abs().max().item() <= TOLERANCE * scale
+
+
+def test_half_the_halo_is_caught(vocoder, monkeypatch):
+    whole, _ = run(vocoder, tile_bytes=2**40)
+    halo = type(vocoder.head).stage_halo
+    monkeypatch.setattr(type(vocoder.head), "stage_halo", lambda head, stage: halo(head, stage) // 2)
+    short, _ = run(vocoder, tile_bytes=1)
+    assert (short - whole).abs().max().item() > 3 * TOLERANCE * whole.abs().max().item()
+
+
+def test_a_short_song_runs_each_stage_whole(vocoder):
+    _, tiles = run(vocoder, tile_bytes=vocoder.head.tile_bytes)  # 400 frames fit one tile
+    assert tiles == [1] * len(vocoder.head.ups)
+
+
+def test_off_the_cpu_each_stage_runs_whole(vocoder):
+    """A GPU gains nothing from cache-sized tiles (shown on the meta device: only shapes run)."""
+    head = build_on_meta(lambda: HiFiGANHead(vocoder.config))
+    calls = []
+    plain_stage = head.stage
+    head.stage = lambda stage, x: (calls.append(stage), plain_stage(stage, x))[1]
+    head.tile_bytes = 1
+    features = torch.empty(1, vocoder.config.num_mels, 100 * MEL_FRAMES, device="meta")
+    assert head(features).shape == (1, 1, 100 * MEL_FRAMES * vocoder.config.hop_length)
+    assert calls == list(range(len(head.ups)))
