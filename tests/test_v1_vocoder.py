@@ -23,11 +23,18 @@ def mel() -> torch.Tensor:
     return torch.randn(1, 128, MEL_FRAMES, generator=torch.Generator().manual_seed(0))
 
 
-def run(vocoder, tile_bytes: int) -> tuple[torch.Tensor, list[int]]:
-    """The waveform with `tile_bytes` a tile, and the number of tiles each stage ran in."""
-    head, calls = vocoder.head, []
+def counted_stages(head: HiFiGANHead) -> list[int]:
+    """The stage index of each call of `head.stage` from now on."""
+    calls: list[int] = []
     plain_stage = head.stage
     head.stage = lambda stage, x: (calls.append(stage), plain_stage(stage, x))[1]
+    return calls
+
+
+def run(vocoder, tile_bytes: int) -> tuple[torch.Tensor, list[int]]:
+    """The waveform with `tile_bytes` a tile, and the number of tiles each stage ran in."""
+    head = vocoder.head
+    calls = counted_stages(head)
     head.tile_bytes = tile_bytes
     try:
         with torch.no_grad():
@@ -65,9 +72,7 @@ def test_a_short_song_runs_each_stage_whole(vocoder):
 def test_off_the_cpu_each_stage_runs_whole(vocoder):
     """A GPU gains nothing from cache-sized tiles (shown on the meta device: only shapes run)."""
     head = build_on_meta(lambda: HiFiGANHead(vocoder.config))
-    calls = []
-    plain_stage = head.stage
-    head.stage = lambda stage, x: (calls.append(stage), plain_stage(stage, x))[1]
+    calls = counted_stages(head)
     head.tile_bytes = 1
     features = torch.empty(1, vocoder.config.num_mels, 100 * MEL_FRAMES, device="meta")
     assert head(features).shape == (1, 1, 100 * MEL_FRAMES * vocoder.config.hop_length)
