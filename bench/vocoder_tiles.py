@@ -1,5 +1,6 @@
-"""The v1 vocoder on a CPU: upstream's way (each channel whole, one after the other) against ours
-(both channels at once, each HiFi-GAN stage in cache-sized time tiles), in one run.
+"""The v1 vocoder on a CPU: upstream's way (each channel whole, one after the other, its ResBlocks
+out of place) against ours (both channels at once, each HiFi-GAN stage in cache-sized time tiles,
+in place on each convolution's fresh output), in one run.
 
     python bench/vocoder_tiles.py [--size full|tiny] [--seconds 10 30] [--repeats 3] [--threads 2]
                                   [--sweep]
@@ -21,12 +22,13 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from ace_step_ui.v1.tiny import VOCODER_CONFIG, audible_gains  # noqa: E402
-from ace_step_ui.v1.vocoder import TILE_BYTES, HiFiGANVocoder, VocoderConfig  # noqa: E402
+from ace_step_ui.v1.vocoder import TILE_BYTES, HiFiGANHead, HiFiGANVocoder, VocoderConfig  # noqa: E402
 
 FULL_SIZE = REPO / "tests" / "fixtures" / "ace_step_v1_tiny" / "full_size_keys.json"
 WHOLE = 2**62  # a tile budget no stage reaches
@@ -42,11 +44,27 @@ def build(size: str) -> HiFiGANVocoder:
 
 
 def upstream_way(vocoder: HiFiGANVocoder, mel: torch.Tensor) -> torch.Tensor:
-    vocoder.head.tile_bytes = WHOLE
+    head = vocoder.head
+    head.tile_bytes, head.stage = WHOLE, lambda stage, x: upstream_stage(head, stage, x)
     try:
         return torch.cat([vocoder(mel[channel][None]) for channel in range(mel.shape[0])])
     finally:
-        vocoder.head.tile_bytes = TILE_BYTES
+        head.tile_bytes = TILE_BYTES
+        del head.stage
+
+
+def upstream_stage(head: HiFiGANHead, stage: int, x: torch.Tensor) -> torch.Tensor:
+    """A stage with upstream's buffers: its input activation and the sum of its ResBlocks in place,
+    the ResBlocks out of place (`x = xt + x`), the mean and the output activations out of place."""
+    x = head.ups[stage](F.silu(x, inplace=True))  # the previous stage's whole output
+    total = None
+    for block in head.resblocks[stage * head.kernels_per_stage:(stage + 1) * head.kernels_per_stage]:
+        y = x
+        for dilated, plain in zip(block.convs1, block.convs2):
+            y = plain(F.silu(dilated(F.silu(y)))) + y
+        total = y if total is None else total.add_(y)
+    x = total / head.kernels_per_stage
+    return torch.tanh(head.conv_post(F.silu(x))) if stage == len(head.ups) - 1 else x
 
 
 def timed(action, *arguments) -> tuple[float, torch.Tensor]:

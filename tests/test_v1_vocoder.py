@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from ace_step_ui.v1.vocoder import TILE_BYTES, HiFiGANHead
 from ace_step_ui.v1.weights import build_on_meta
@@ -77,3 +78,31 @@ def test_off_the_cpu_each_stage_runs_whole(vocoder):
     features = torch.empty(1, vocoder.config.num_mels, 100 * MEL_FRAMES, device="meta")
     assert head(features).shape == (1, 1, 100 * MEL_FRAMES * vocoder.config.hop_length)
     assert calls == list(range(len(head.ups)))
+
+
+def reference_stage(head: HiFiGANHead, stage: int, x: torch.Tensor) -> torch.Tensor:
+    """HiFi-GAN's stage written out of place: upsample, the mean of the ResBlocks, the output conv."""
+    x = head.ups[stage](F.silu(x))
+    blocks = head.resblocks[stage * head.kernels_per_stage:(stage + 1) * head.kernels_per_stage]
+    outputs = []
+    for block in blocks:
+        y = x
+        for dilated, plain in zip(block.convs1, block.convs2):
+            y = y + plain(F.silu(dilated(F.silu(y))))
+        outputs.append(y)
+    x = sum(outputs) / len(outputs)
+    return torch.tanh(head.conv_post(F.silu(x))) if stage == len(head.ups) - 1 else x
+
+
+def test_each_stage_is_the_out_of_place_ops_and_leaves_its_input(vocoder):
+    """The stage works in place on its convolutions' fresh outputs only: the same bits as the
+    plain ops, and the input (a tile's view of the whole stage input) is untouched."""
+    head = vocoder.head
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for stage in range(len(head.ups)):
+            x = torch.randn(1, head.ups[stage].weight_v.shape[0], 40, generator=generator)
+            before = x.clone()
+            out = head.stage(stage, x)
+            assert torch.equal(x, before), stage
+            assert torch.equal(out, reference_stage(head, stage, x)), stage

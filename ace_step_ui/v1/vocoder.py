@@ -208,8 +208,10 @@ class ResBlock(nn.Module):
             for _ in dilations)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # In place on each conv's own fresh output (the same values): a third fewer
+        # activation-sized buffers, each of which costs the CPU page faults when it is new.
         for dilated, plain in zip(self.convs1, self.convs2):
-            x = x + plain(F.silu(dilated(F.silu(x))))
+            x = plain(F.silu(dilated(F.silu(x)), inplace=True)).add_(x)
         return x
 
 
@@ -252,10 +254,10 @@ class HiFiGANHead(nn.Module):
         blocks = self.resblocks[stage * self.kernels_per_stage:(stage + 1) * self.kernels_per_stage]
         total = blocks[0](x)
         for block in blocks[1:]:
-            total = total + block(x)
-        x = total / self.kernels_per_stage
+            total += block(x)
+        x = total.div_(self.kernels_per_stage)
         if stage == len(self.ups) - 1:
-            x = torch.tanh(self.conv_post(F.silu(x)))
+            x = torch.tanh_(self.conv_post(F.silu(x, inplace=True)))
         return x
 
     def stage_halo(self, stage: int) -> int:
