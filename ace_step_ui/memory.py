@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import struct
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -18,30 +19,44 @@ ITEM_BYTES = {"F64": 8, "F32": 4, "BF16": 2, "F16": 2, "I64": 8, "I32": 4, "I8":
 HEADER_LENGTH_BYTES = 8  # safetensors: a little-endian u64, then the JSON header
 
 
-def weights_bytes(folder: Path, dtype: torch.dtype) -> int:
+def weights_bytes(folder: Path, dtype: torch.dtype, skip: Callable[[str], bool] | None = None) -> int:
     """The bytes the safetensors weights under `folder` take once loaded in `dtype` (their size on
-    disk, rescaled from the precision they are stored in)."""
+    disk, rescaled from the precision they are stored in); with `skip`, only the tensors whose
+    names it refuses, as a loader that skips the others allocates (sizes from the headers)."""
     total = 0
     for path in sorted(Path(folder).rglob("*.safetensors")):
-        stored = _stored_item_bytes(path)
+        header = _header(path)
+        if skip is not None and header is not None:
+            total += sum(_span(entry) * dtype.itemsize // ITEM_BYTES.get(entry["dtype"], dtype.itemsize)
+                         for name, entry in header.items()
+                         if name != "__metadata__" and not skip(name))
+            continue
+        stored = _stored_item_bytes(header)
         size = path.stat().st_size
         total += size * dtype.itemsize // stored if stored else size
     return total
 
 
-def _stored_item_bytes(path: Path) -> int:
-    """The item size of the file's largest tensor, read from its header (no weights are read)."""
+def _header(path: Path) -> dict | None:
+    """A safetensors file's JSON header (no weights are read), or None where it cannot be read."""
     try:
         with path.open("rb") as file:
             (length,) = struct.unpack("<Q", file.read(HEADER_LENGTH_BYTES))
-            header = json.loads(file.read(length))
+            return json.loads(file.read(length))
     except (OSError, ValueError, struct.error):
-        return 0
-    tensors = [entry for name, entry in header.items() if name != "__metadata__"]
+        return None
+
+
+def _span(entry: dict) -> int:
+    return entry["data_offsets"][1] - entry["data_offsets"][0]
+
+
+def _stored_item_bytes(header: dict | None) -> int:
+    """The item size of the file's largest tensor."""
+    tensors = [entry for name, entry in (header or {}).items() if name != "__metadata__"]
     if not tensors:
         return 0
-    largest = max(tensors, key=lambda entry: entry["data_offsets"][1] - entry["data_offsets"][0])
-    return ITEM_BYTES.get(largest["dtype"], 0)
+    return ITEM_BYTES.get(max(tensors, key=_span)["dtype"], 0)
 
 
 def free_bytes(device: torch.device) -> int:

@@ -4,7 +4,10 @@
   of each length pays the compilation (tens of seconds), every later step is faster. Off unless asked.
 - memory modes: `resident` keeps every part on the device; `offload` keeps the DiT there and the
   text encoder, autoencoder and vocoder in CPU memory, lent to the device for their stage of each
-  song; `auto` is resident where the weights fit the device's free memory with the run's reserve.
+  song; `sequential` also keeps the DiT's blocks in CPU memory and streams them to the device one
+  at a time at each DiT call (a GPU smaller than the DiT; each call copies the blocks' weights);
+  `auto` is resident where the weights fit the device's free memory with the run's reserve,
+  offload where the DiT does, sequential where not even that.
 - CPU threads: one per core this process may use (its CPU affinity and its cgroup's CPU quota,
   as in a container or a Space), where torch would count the host's cores; OMP_NUM_THREADS wins.
 - bfloat16 on the CPU: the full-size DiT about 1.7x faster from 30 s songs up where the CPU has
@@ -18,17 +21,19 @@ from __future__ import annotations
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
+import itertools
 import math
 import os
 
 import torch
+from torch import nn
 
 from . import memory
 from .errors import InputError
 
-MEMORY_MODES = ("auto", "resident", "offload")
+MEMORY_MODES = ("auto", "resident", "offload", "sequential")
 
 
 @dataclass(frozen=True)
@@ -43,19 +48,29 @@ class Speed:
             raise InputError(f"unknown memory mode '{self.memory}'; use {', '.join(MEMORY_MODES)}")
 
 
-def memory_mode(asked: str, device: torch.device, need_bytes: int, free: int) -> str:
-    """`resident` or `offload`: as asked, or for `auto` whether `need_bytes` of weights fit in
-    `free` bytes of the device with the run's reserve (the CPU is always resident)."""
+def memory_mode(asked: str, device: torch.device, need_bytes: int, free: int,
+                dit_bytes: int | None = None) -> str:
+    """`resident`, `offload` or `sequential`: as asked, or for `auto` resident where `need_bytes`
+    of weights fit in `free` bytes of the device with the run's reserve (the CPU is always
+    resident), offload where the DiT's `dit_bytes` do (or they are not known), else sequential."""
     if asked != "auto":
         return asked
     if device.type == "cpu" or memory.fits(need_bytes, free):
         return "resident"
-    return "offload"
+    if dit_bytes is None or memory.fits(dit_bytes, free):
+        return "offload"
+    return "sequential"
 
 
-def checkpoint_mode(asked: str, folder: Path, device: torch.device, dtype: torch.dtype) -> str:
-    """`memory_mode` for the checkpoint at `folder` on `device` now."""
-    return memory_mode(asked, device, memory.weights_bytes(folder, dtype), memory.free_bytes(device))
+def checkpoint_mode(asked: str, folder: Path, device: torch.device, dtype: torch.dtype,
+                    dit_folder: str | None = None, skip: Callable[[str], bool] | None = None) -> str:
+    """`memory_mode` for the checkpoint at `folder` (its DiT in `dit_folder`) on `device` now;
+    `skip` names the stored tensors that loading leaves out."""
+    if asked != "auto":
+        return asked
+    dit_bytes = memory.weights_bytes(folder / dit_folder, dtype, skip) if dit_folder else None
+    return memory_mode(asked, device, memory.weights_bytes(folder, dtype, skip),
+                       memory.free_bytes(device), dit_bytes)
 
 
 @contextmanager
@@ -72,6 +87,37 @@ def lent(modules: list[torch.nn.Module], device: torch.device) -> Iterator[None]
         for module, home in zip(modules, homes):
             if module in moved:
                 module.to(home)
+
+
+@contextmanager
+def streamed(module: torch.nn.Module, device: torch.device) -> Iterator[None]:
+    """The module's weights copied to `device` for the block (sequential mode), from where they
+    live; afterwards the module holds those home tensors again and the device copies are freed.
+    Nothing is copied back: inference does not change weights. Tensors already there stay."""
+    homes = []  # (the dict a tensor is registered in, its name, the home tensor)
+    for part in module.modules():
+        for store in (part._parameters, part._buffers):
+            for name, tensor in store.items():
+                if tensor is not None and tensor.device != device:
+                    homes.append((store, name, tensor))
+                    copy = tensor.detach().to(device, non_blocking=True)
+                    store[name] = (nn.Parameter(copy, requires_grad=tensor.requires_grad)
+                                   if isinstance(tensor, nn.Parameter) else copy)
+    try:
+        yield
+    finally:
+        for store, name, home in homes:
+            store[name] = home
+
+
+def pinned(module: torch.nn.Module) -> None:
+    """The module's CPU weights in page-locked memory, so that copies to a GPU run asynchronously
+    and at full speed (sequential mode); only where CUDA is there to pin them."""
+    if not torch.cuda.is_available():
+        return
+    for tensor in itertools.chain(module.parameters(), module.buffers()):
+        if tensor.device.type == "cpu":
+            tensor.data = tensor.data.pin_memory()
 
 
 def compile_blocks(blocks: torch.nn.ModuleList, backend: str = "inductor") -> None:
@@ -137,8 +183,10 @@ def add_arguments(parser) -> None:
                              "waits for the compiler, later steps run faster (GPU)")
     parser.add_argument("--memory", default="auto", choices=MEMORY_MODES,
                         help="resident: every part of the model on the device; offload: the text "
-                             "encoder and autoencoder wait in CPU memory; auto (default): resident "
-                             "where it fits in the device's free memory")
+                             "encoder and autoencoder wait in CPU memory; sequential: the DiT's "
+                             "blocks too, streamed to the device one at a time (a GPU smaller than "
+                             "the DiT); auto (default): resident where it fits in the device's "
+                             "free memory, else offload, else sequential")
 
 
 def from_arguments(args) -> Speed:

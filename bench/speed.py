@@ -2,7 +2,8 @@
 
     python bench/speed.py [--size full|tiny] [--device cpu|cuda] [--dtype auto|float32|bfloat16]
                           [--durations 10 60 240] [--steps 27] [--quick] [--threads N]
-                          [--batch-guidance on|off] [--compile] [--memory auto|resident|offload]
+                          [--batch-guidance on|off] [--compile]
+                          [--memory auto|resident|offload|sequential]
                           [--work DIR] [--json PATH]
 
 It builds the v1 architecture with random weights (no download), at the released sizes (`full`,
@@ -332,7 +333,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from ace_step_ui.engines import pick_device, pick_dtype
     from ace_step_ui.speed import checkpoint_mode
+    from ace_step_ui.v1 import checkpoint
     from ace_step_ui.v1.pipeline import V1Pipeline
+    from ace_step_ui.v1.transformer import is_training_only
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -343,10 +346,11 @@ def main(argv: list[str] | None = None) -> int:
         durations = [10.0] if device.type == "cpu" else [10.0, 60.0]
     folder = checkpoint_folder(args.size, args.work)
 
-    memory = checkpoint_mode(args.memory, folder, device, dtype)
+    memory = checkpoint_mode(args.memory, folder, device, dtype, dit_folder=checkpoint.TRANSFORMER,
+                             skip=is_training_only)
     started = time.perf_counter()
     pipeline = V1Pipeline.load(folder, device, dtype, offload=memory == "offload",
-                               compile=args.compile)
+                               sequential=memory == "sequential", compile=args.compile)
     synchronize(device)
     load_s = time.perf_counter() - started
     pipeline.batch_guidance = args.batch_guidance == "on"

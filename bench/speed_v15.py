@@ -2,7 +2,7 @@
 
     python bench/speed_v15.py [--size xl|tiny] [--device cpu|cuda] [--dtype auto|float32|bfloat16]
                               [--durations 10 60 240] [--steps 8] [--quick] [--compile]
-                              [--memory auto|resident|offload] [--work DIR] [--json PATH]
+                              [--memory auto|resident|offload|sequential] [--work DIR] [--json PATH]
 
 `xl` builds the XL turbo architecture with random weights (no download) in the diffusers layout:
 diffusers' `AceStepPipeline` parts at their released widths (DiT hidden 2560, 32 layers, 32 heads,

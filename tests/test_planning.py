@@ -209,6 +209,24 @@ def test_weights_bytes_read_the_stored_precision(tmp_path):
     assert memory.fits(0, memory.RESERVE_BYTES) and not memory.fits(1, memory.RESERVE_BYTES)
 
 
+def test_weights_bytes_leave_out_what_loading_skips(tmp_path, tiny_v1):
+    from safetensors.torch import save_file
+
+    from ace_step_ui.v1 import checkpoint
+    from ace_step_ui.v1.pipeline import V1Pipeline
+    from ace_step_ui.v1.transformer import is_training_only
+
+    save_file({"kept": torch.zeros(100, 10, dtype=torch.bfloat16), "projectors.0.w": torch.zeros(7)},
+              str(tmp_path / "model.safetensors"))
+    assert memory.weights_bytes(tmp_path, torch.float32, is_training_only) == 100 * 10 * 4
+    # The tiny v1 DiT: what auto memory counts is what loading allocates.
+    pipeline = V1Pipeline.load(tiny_v1, torch.device("cpu"), torch.float32)
+    loaded = sum(tensor.numel() * 4 for tensor in pipeline.transformer.state_dict().values())
+    folder = tiny_v1 / checkpoint.TRANSFORMER
+    assert memory.weights_bytes(folder, torch.float32, is_training_only) == loaded
+    assert memory.weights_bytes(folder, torch.float32) > loaded  # the training-only tensors
+
+
 class PlacedPlanner:
     """A planner that only records where it is moved."""
 

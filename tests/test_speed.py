@@ -24,8 +24,16 @@ def test_auto_memory_is_resident_where_the_weights_fit_beside_the_reserve():
     assert speed.memory_mode("resident", CUDA, need_bytes=7 * GIB, free=GIB) == "resident"
 
 
+def test_auto_memory_streams_the_dit_where_not_even_it_fits():
+    def mode(free_gib: int) -> str:
+        return speed.memory_mode("auto", CUDA, need_bytes=9 * GIB, free=free_gib * GIB, dit_bytes=5 * GIB)
+
+    assert [mode(20), mode(8), mode(6)] == ["resident", "offload", "sequential"]
+    assert speed.memory_mode("sequential", CUDA, need_bytes=GIB, free=80 * GIB) == "sequential"
+
+
 def test_an_unknown_memory_mode_is_refused():
-    with pytest.raises(InputError, match="auto, resident, offload"):
+    with pytest.raises(InputError, match="auto, resident, offload, sequential"):
         speed.Speed(memory="sometimes")
 
 
@@ -50,6 +58,67 @@ def test_lent_parts_go_to_the_device_and_back_and_resident_ones_stay():
     with speed.lent([home], torch.device("cpu")):
         pass
     assert home.trail == []
+
+
+def test_streamed_weights_are_on_the_device_for_the_block_and_point_home_after():
+    layer = nn.BatchNorm1d(3)  # parameters and buffers
+    homes = {name: (tensor.data_ptr(), tensor.clone()) for name, tensor in layer.state_dict().items()}
+    with speed.streamed(layer, torch.device("meta")):
+        assert {tensor.device.type for tensor in layer.state_dict().values()} == {"meta"}
+    for name, tensor in layer.state_dict().items():
+        assert tensor.device.type == "cpu" and tensor.data_ptr() == homes[name][0]
+        assert torch.equal(tensor, homes[name][1])
+    with speed.streamed(layer, torch.device("cpu")):  # already there: untouched
+        assert all(tensor.data_ptr() == homes[name][0] for name, tensor in layer.state_dict().items())
+
+
+def test_sequential_mode_streams_the_dit_one_block_at_a_time(tiny_v1_weights):
+    """The blocks stay in CPU memory; each one's weights are on the device (here the meta device:
+    shapes only) exactly while it runs, for the song's keys and values and for every step."""
+    from test_v1_transformer import decode_inputs, read_config
+
+    config: TransformerConfig = read_config(tiny_v1_weights)
+    model = ACEStepTransformer(config).eval()
+    blocks = model.transformer_blocks
+    homes = [parameter.data_ptr() for parameter in blocks.parameters()]
+    model.stream_blocks(torch.device("meta"))
+    assert all(parameter.device.type == "meta" for name, parameter in model.named_parameters()
+               if not name.startswith("transformer_blocks."))
+    ran: list[tuple[int, int]] = []  # (block, how many blocks had weights on the device)
+
+    def on_device(block: nn.Module) -> bool:
+        return any(parameter.device.type == "meta" for parameter in block.parameters())
+
+    for index, block in enumerate(blocks):
+        block.register_forward_pre_hook(
+            lambda module, _, index=index: ran.append((index, sum(map(on_device, blocks))))
+            if all(p.device.type == "meta" for p in module.parameters()) else ran.append((index, -1)))
+    latents, frames, context, context_mask = decode_inputs(config, 2, seed=0)
+    with torch.no_grad():
+        condition = model.condition(context.to("meta"))
+        assert not any(map(on_device, blocks))
+        assert all(key.device.type == "meta" for key, _ in condition.keys_values)
+        # The masks stay on the CPU: all-real masks are read there and never reach an op.
+        velocity = model.decode(latents.to("meta"), frames, condition, context_mask,
+                                torch.tensor([900.0, 900.0], device="meta"))
+    assert velocity.shape == latents.shape and velocity.device.type == "meta"
+    assert ran == [(index, 1) for index in range(len(blocks))]
+    assert [parameter.data_ptr() for parameter in blocks.parameters()] == homes
+    assert all(parameter.device.type == "cpu" for parameter in blocks.parameters())
+
+
+def test_sequential_mode_makes_the_resident_song(tiny_v1):
+    """On the CPU (the blocks' home and the device at once) nothing moves: the same samples as
+    resident, through the engine's whole path, compile skipped."""
+    request = {"tags": "lofi", "duration": 2.0, "number_of_steps": 2, "seed": 1}
+    songs = {}
+    for mode in ("resident", "sequential"):
+        manager = EngineManager(device="cpu", dtype="float32", speed=speed.Speed(memory=mode))
+        pipeline = manager.get(str(tiny_v1)).pipeline
+        assert (pipeline.transformer.block_device is not None) == (mode == "sequential")
+        assert pipeline.offload == (mode == "sequential")
+        songs[mode] = tasks.run("generate", dict(request), manager, str(tiny_v1))
+    assert torch.equal(songs["sequential"].audio.samples, songs["resident"].audio.samples)
 
 
 def test_offload_lends_the_text_encoder_then_the_autoencoder_for_their_stages(tiny_v1, monkeypatch):

@@ -562,3 +562,27 @@ def test_stem_tasks_are_refused_on_turbo_and_v1_before_any_work(tiny_v15, task):
         tasks.check(task, payload, str(tiny_v15))
     with pytest.raises(InputError, match=f"{task} is an ACE-Step 1.5 task"):
         tasks.check(task, payload, DEFAULT_MODEL)
+
+
+def test_sequential_mode_on_a_gpu_asks_diffusers_to_stream_each_layer(tiny_v15, monkeypatch):
+    """`--memory sequential` on CUDA: diffusers' sequential offload, and no compile (its hooks
+    move the weights at every call). Recorded, not run: this machine has no GPU."""
+    from diffusers import AceStepPipeline
+
+    from ace_step_ui.speed import Speed
+    from ace_step_ui.v15 import engine as v15_engine
+
+    calls: list[str] = []
+    monkeypatch.setattr(v15_engine, "pick_device", lambda device: torch.device("cuda"))
+    monkeypatch.setattr(AceStepPipeline, "enable_sequential_cpu_offload",
+                        lambda pipe, device: calls.append(f"sequential on {device}"))
+    monkeypatch.setattr(AceStepPipeline, "enable_model_cpu_offload",
+                        lambda pipe, device: calls.append("model offload"))
+    monkeypatch.setattr(AceStepPipeline, "to", lambda pipe, device: calls.append(f"to {device}"))
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda module, **_: calls.append("compile"))
+    loaded = v15_engine.load(tiny_v15, str(tiny_v15), "cuda", "float32",
+                             Speed(compile=True, memory="sequential"))
+    assert calls == ["sequential on cuda"] and loaded.device == torch.device("cuda")
+    calls.clear()
+    v15_engine.load(tiny_v15, str(tiny_v15), "cuda", "float32", Speed(compile=True, memory="offload"))
+    assert calls == ["model offload", "compile"]

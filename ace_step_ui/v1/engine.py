@@ -31,6 +31,7 @@ from ..speed import Speed, checkpoint_mode
 from .autoencoder import LATENT_FRAMES_PER_SECOND
 from .pipeline import (EDIT_PRESETS, EditTarget, Sampling, V1Job, V1Pipeline,
                        check_audio2audio_steps, frames_of, latent_frames)
+from .transformer import is_training_only
 
 SAMPLE_RATE = 48000
 SAMPLING = frozenset({"number_of_steps", "scheduler", "guidance_type", "granularity_scale",
@@ -189,8 +190,10 @@ def unused_parameters(job: V1Job) -> frozenset[str]:
 def load(root: Path, model: str, device: str, dtype: str, speed: Speed = Speed()) -> V1Engine:
     chosen = pick_device(device)
     torch_dtype = pick_dtype(dtype, chosen)
-    offload = checkpoint_mode(speed.memory, root, chosen, torch_dtype) == "offload"
-    pipeline = V1Pipeline.load(root, chosen, torch_dtype, offload=offload, compile=speed.compile)
+    mode = checkpoint_mode(speed.memory, root, chosen, torch_dtype, dit_folder=checkpoint.TRANSFORMER,
+                           skip=is_training_only)
+    pipeline = V1Pipeline.load(root, chosen, torch_dtype, offload=mode == "offload",
+                               sequential=mode == "sequential", compile=speed.compile)
     return V1Engine(pipeline, model)
 
 

@@ -203,19 +203,25 @@ class V1Pipeline:
 
     @classmethod
     def load(cls, root: Path, device: torch.device, dtype: torch.dtype, *, offload: bool = False,
-             compile: bool = False) -> "V1Pipeline":
+             sequential: bool = False, compile: bool = False) -> "V1Pipeline":
         """Load every component of the checkpoint at `root` straight into `dtype` on `device`
-        (with `offload`, all but the DiT into CPU memory); `compile` the DiT's blocks."""
+        (with `offload`, all but the DiT into CPU memory; `sequential`, the DiT's blocks too,
+        streamed to the device one at a time); `compile` the DiT's blocks (not when streamed:
+        the compiled graphs would be guarded on weights that change place at every call)."""
         from ..engines import read_json
 
         def weights(component: str) -> Path:
             return root / component / checkpoint.WEIGHTS[component]
 
+        offload = offload or sequential
         parts_device = torch.device("cpu") if offload else device
         config = TransformerConfig.from_json(read_json(root / checkpoint.TRANSFORMER / "config.json"))
+        dit_device = parts_device if sequential else device
         transformer = load_weights(build_on_meta(lambda: ACEStepTransformer(config)),
-                                   weights(checkpoint.TRANSFORMER), device, dtype,
+                                   weights(checkpoint.TRANSFORMER), dit_device, dtype,
                                    skip=is_training_only)
+        if sequential:
+            transformer.stream_blocks(device)
         dcae_config = read_json(root / checkpoint.AUTOENCODER / "config.json")
         dcae = load_weights(build_on_meta(lambda: build_dcae(dcae_config)),
                             weights(checkpoint.AUTOENCODER), parts_device, dtype)
@@ -224,7 +230,7 @@ class V1Pipeline:
                                weights(checkpoint.VOCODER), parts_device, dtype)
         text_encoder = TextEncoder.load(root / checkpoint.TEXT_ENCODER, parts_device, dtype)
         lyric_tokenizer = LyricTokenizer.from_file(lyric_vocab_path(root))
-        if compile:
+        if compile and not sequential:
             compile_blocks(transformer.transformer_blocks)
         pipeline = cls(text_encoder, transformer, MusicDCAE(dcae, vocoder), lyric_tokenizer, device,
                        dtype)

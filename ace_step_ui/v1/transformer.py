@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +23,7 @@ from diffusers.models.embeddings import TimestepEmbedding, get_timestep_embeddin
 from torch import nn
 from torch.nn import functional as F
 
+from ..speed import pinned, streamed
 from .attention import (CrossAttention, ItemScale, LinearSelfAttention, QueryScale,
                         cross_attention_bias, rotary_tables)
 from .lyric_encoder import WIDTH as LYRIC_ENCODER_WIDTH
@@ -271,6 +273,23 @@ class ACEStepTransformer(nn.Module):
         self.lyric_proj = nn.Linear(LYRIC_ENCODER_WIDTH, dim)
         self.proj_in = PatchEmbed(config.patch_size, dim)
         self.final_layer = FinalLayer(dim, config.patch_size, config.out_channels)
+        # Sequential mode (`stream_blocks`): the device each block is streamed to when it runs.
+        self.block_device: torch.device | None = None
+
+    def stream_blocks(self, device: torch.device) -> None:
+        """Sequential mode: all but the blocks on `device`; the blocks stay where they are (CPU
+        memory, pinned) and each one's weights are copied to `device` only while it runs, so the
+        device holds one block of weights at a time (`speed.streamed`)."""
+        for name, child in self.named_children():
+            if name != "transformer_blocks":
+                child.to(device)
+        pinned(self.transformer_blocks)
+        self.block_device = torch.device(device)
+
+    def on_device(self, module: nn.Module) -> AbstractContextManager[None]:
+        """`module` (a block or part of one) on the device for a `with` block in sequential
+        mode; where it already is otherwise."""
+        return streamed(module, self.block_device) if self.block_device is not None else nullcontext()
 
     def encode(self, text_hidden_states: torch.Tensor, text_attention_mask: torch.Tensor,
                speaker_embeds: torch.Tensor, lyric_token_ids: torch.Tensor | None,
@@ -307,9 +326,11 @@ class ACEStepTransformer(nn.Module):
         head_dim, theta = self.config.attention_head_dim, self.config.rope_theta
         context_rotary = rotary_tables(encoder_hidden_states.shape[1], head_dim, theta,
                                        encoder_hidden_states.device, encoder_hidden_states.dtype)
-        return Condition(encoder_hidden_states,
-                         [block.cross_attn.keys_values(encoder_hidden_states, context_rotary)
-                          for block in self.transformer_blocks])
+        keys_values = []
+        for block in self.transformer_blocks:
+            with self.on_device(block.cross_attn):
+                keys_values.append(block.cross_attn.keys_values(encoder_hidden_states, context_rotary))
+        return Condition(encoder_hidden_states, keys_values)
 
     def decode(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor,
                encoder_hidden_states: torch.Tensor | Condition, encoder_hidden_mask: torch.Tensor,
@@ -342,9 +363,10 @@ class ACEStepTransformer(nn.Module):
         erg_scale = erg_query_scale(erg_diffusion)
         for index, block in enumerate(self.transformer_blocks):
             query_scale = erg_scale if index in ERG_DIFFUSION_BLOCKS else 1.0
-            tokens = block(tokens, frame_mask, encoder_hidden_states, cross_bias, rotary,
-                           context_rotary, timestep_modulation, query_scale,
-                           condition.keys_values[index] if condition is not None else None)
+            with self.on_device(block):
+                tokens = block(tokens, frame_mask, encoder_hidden_states, cross_bias, rotary,
+                               context_rotary, timestep_modulation, query_scale,
+                               condition.keys_values[index] if condition is not None else None)
         return self.final_layer(tokens, timestep_embedding, width)
 
 

@@ -113,18 +113,22 @@ def raise_not_v15(model: str, root: Path) -> None:
 def load(root: Path, model: str, device: str = "auto", dtype: str = "auto",
          speed: Speed = Speed()) -> "AceStep15Engine":
     """diffusers' pipeline on `device`; in offload mode its parts wait in CPU memory and go to the
-    GPU in turn (diffusers' model offload, CUDA only); `speed.compile` compiles the DiT."""
+    GPU in turn (diffusers' model offload, CUDA only), in sequential mode each layer does
+    (diffusers' sequential offload); `speed.compile` compiles the DiT (not when sequential)."""
     from diffusers import AceStepPipeline
 
     torch_device = pick_device(device)
     torch_dtype = pick_dtype(dtype, torch_device)
     pipe = AceStepPipeline.from_pretrained(root, dtype=torch_dtype)
-    mode = checkpoint_mode(speed.memory, root, torch_device, torch_dtype)
-    if mode == "offload" and torch_device.type == "cuda":
+    mode = checkpoint_mode(speed.memory, root, torch_device, torch_dtype, dit_folder="transformer")
+    streamed = mode == "sequential" and torch_device.type == "cuda"
+    if streamed:  # diffusers' sequential offload: each layer's weights go to the GPU as it runs
+        pipe.enable_sequential_cpu_offload(device=torch_device)
+    elif mode == "offload" and torch_device.type == "cuda":
         pipe.enable_model_cpu_offload(device=torch_device)
     else:
         pipe.to(torch_device)
-    if speed.compile:
+    if speed.compile and not streamed:
         pipe.transformer.compile(dynamic=None)
     pipe.set_progress_bar_config(disable=True)
     return AceStep15Engine(pipe, model, torch_device)
