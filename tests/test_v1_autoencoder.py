@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy
 import pytest
@@ -10,13 +11,15 @@ import soundfile
 import torch
 from safetensors import safe_open
 
-from ace_step_ui.v1 import checkpoint
+from ace_step_ui.v1 import autoencoder, checkpoint
 from ace_step_ui.v1.autoencoder import (
     LATENT_FRAMES_PER_SECOND,
     OUTPUT_SAMPLE_RATE,
     SAMPLES_PER_LATENT_FRAME,
     MusicDCAE,
     build_dcae,
+    conv_levels_halo,
+    decode_in_tiles,
     decoded_samples,
 )
 from ace_step_ui.v1.mel import periodic_hann_window, slaney_mel_filterbank
@@ -155,3 +158,34 @@ def test_runs_in_bfloat16(tiny_v1_weights, music_dcae):
     wav = half.decode(short)
     assert wav.dtype == torch.float32 and wav.shape == (1, 2, decoded_samples(2))
     assert (wav - music_dcae.decode(short)).abs().max().item() < 0.05
+
+
+def test_the_decoder_in_tiles_gives_the_whole_decode(music_dcae, monkeypatch):
+    """Long latents: the convolution levels in tiles (here of 8 frames, so 5 of them) equal the
+    whole decode up to float rounding; half the halo is caught; short latents run whole."""
+    decoder = music_dcae.dcae.decoder
+    latents = torch.randn(1, 8, 16, 40, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        whole = decoder(latents)
+        tiled = decode_in_tiles(decoder, latents, tile=8)
+        assert tiled.shape == whole.shape == (1, 2, 128, 40 * 8)
+        scale = whole.abs().max().item()
+        assert (tiled - whole).abs().max().item() <= 1e-5 * scale
+        halo = conv_levels_halo(decoder)
+        monkeypatch.setattr(autoencoder, "conv_levels_halo", lambda _: halo // 2)
+        short = decode_in_tiles(decoder, latents, tile=8)
+        assert (short - whole).abs().max().item() > 1e-3 * scale
+        calls = []
+        monkeypatch.setattr(type(decoder), "forward", lambda self, x: calls.append(x.shape) or whole)
+        assert decode_in_tiles(decoder, latents, tile=40) is whole and calls == [latents.shape]
+
+
+def test_the_full_size_decoder_s_halo_covers_its_reach():
+    """The released DCAE: 3 ResBlocks and an upsampling a level; the deepest level is attention,
+    so only the levels above it are tiled."""
+    decoder = build_on_meta(lambda: build_dcae(FULL_SIZE["music_dcae_f8c8"]["config_json"])).decoder
+    # Reach in frames of each level: upsampling conv 1 + 3 ResBlocks of two 3x3 convs = 7, at
+    # 2, 4 and 8 frames per deepest frame; the output conv 1 at 8.
+    assert conv_levels_halo(decoder) == math.ceil(7 / 2 + 7 / 4 + 7 / 8 + 1 / 8) + 1
+    decoder.up_blocks[1][1] = decoder.up_blocks[-1][0]  # an attention block above the deepest level
+    assert conv_levels_halo(decoder) is None

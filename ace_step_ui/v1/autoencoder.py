@@ -8,10 +8,12 @@ The DCAE (`music_dcae_f8c8/`) is diffusers' `AutoencoderDC`, built from the chec
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 from diffusers import AutoencoderDC
+from diffusers.models.autoencoders.autoencoder_dc import DCUpBlock2d, Decoder, ResBlock
 
 from ..audio import resample
 from .vocoder import HiFiGANVocoder
@@ -30,12 +32,85 @@ MEL_FRAMES_PER_LATENT_FRAME = 8  # the DCAE's time compression
 SAMPLES_PER_LATENT_FRAME = MEL_HOP_SAMPLES * MEL_FRAMES_PER_LATENT_FRAME
 LATENT_FRAMES_PER_SECOND = MODEL_SAMPLE_RATE / MEL_HOP_SAMPLES / MEL_FRAMES_PER_LATENT_FRAME
 AUDIO_CHANNELS = 2
+# Past this many latent frames (~47 s) the DCAE decoder's convolution-only levels run in time tiles
+# of this many: their activations (at full size 128 channels x 128 mel bins x 8 frames per latent
+# frame) then stay bounded however long the song, and the result is the whole decode's.
+DECODE_TILE_FRAMES = 512
 
 
 def build_dcae(config: dict[str, Any]) -> AutoencoderDC:
     """`AutoencoderDC` from the parsed `music_dcae_f8c8/config.json`, randomly initialised.
     Allocates nothing when called under `torch.device("meta")`."""
     return AutoencoderDC.from_config(config)
+
+
+def decode_in_tiles(decoder: Decoder, latents: torch.Tensor,
+                    tile: int = DECODE_TILE_FRAMES) -> torch.Tensor:
+    """`decoder(latents)` with the levels above the deepest one (convolutions, nearest upsampling
+    and per-position RMSNorm: all local in time) run in tiles of `tile` latent frames, each with
+    `conv_levels_halo` frames of its input either side, so that every kept sample sees what it
+    sees in the whole decode. The deepest level (global linear attention) runs whole: it is 1/8
+    the width. Short latents, and decoders with other blocks, run whole."""
+    halo = conv_levels_halo(decoder)
+    length = latents.shape[-1]
+    if halo is None or length <= tile:
+        return decoder(latents)
+    hidden = decoder.conv_in(latents)
+    if decoder.in_shortcut:  # as diffusers' Decoder.forward
+        hidden = hidden + latents.repeat_interleave(decoder.in_shortcut_repeats, dim=1,
+                                                     output_size=hidden.shape[1])
+    hidden = decoder.up_blocks[-1](hidden)
+    scale = upsampling(decoder)
+    out = None
+    for start in range(0, length, tile):
+        end = min(length, start + tile)
+        first, last = max(0, start - halo), min(length, end + halo)
+        part = conv_levels(decoder, hidden[..., first:last])
+        part = part[..., (start - first) * scale:(end - first) * scale]
+        if out is None:
+            out = part.new_empty(*part.shape[:-1], length * scale)
+        out[..., start * scale:end * scale] = part
+    return out
+
+
+def conv_levels(decoder: Decoder, hidden: torch.Tensor) -> torch.Tensor:
+    """The decoder from the deepest level's output on: as diffusers' Decoder.forward."""
+    for up_block in reversed(decoder.up_blocks[:-1]):
+        hidden = up_block(hidden)
+    hidden = decoder.norm_out(hidden.movedim(1, -1)).movedim(-1, 1)
+    return decoder.conv_out(decoder.conv_act(hidden))
+
+
+def upsampling(decoder: Decoder) -> int:
+    """Output frames per frame of the deepest level."""
+    return math.prod(module.factor for level in decoder.up_blocks[:-1] for module in level
+                     if isinstance(module, DCUpBlock2d))
+
+
+def conv_levels_halo(decoder: Decoder) -> int | None:
+    """Deepest-level frames on each side that reach one output frame of `conv_levels`; None where
+    a level holds anything but ResBlocks and upsampling blocks (attention: not local)."""
+    if not isinstance(decoder.conv_out, torch.nn.Conv2d):
+        return None
+    reach, scale = 0.0, 1  # reach in deepest-level frames; frames of this level per deepest one
+    for level in reversed(decoder.up_blocks[:-1]):
+        level_reach = 0
+        for module in level:
+            if isinstance(module, DCUpBlock2d):
+                scale *= module.factor
+                # The conv runs after the upsampling (interpolate) or before the pixel shuffle.
+                level_reach += _width_reach(module.conv) * (1 if module.interpolate else module.factor)
+            elif isinstance(module, ResBlock):
+                level_reach += _width_reach(module.conv1) + _width_reach(module.conv2)
+            else:
+                return None
+        reach += level_reach / scale
+    reach += _width_reach(decoder.conv_out) / scale
+    return math.ceil(reach) + 1
+
+
+def _width_reach(conv: torch.nn.Conv2d) -> int:
+    return conv.kernel_size[-1] // 2 * conv.dilation[-1]
 
 
 def normalise_log_mel(mel: torch.Tensor) -> torch.Tensor:
@@ -93,7 +168,7 @@ class MusicDCAE:
         latents = latents.to(device=parameter.device, dtype=parameter.dtype)
         waves = []
         for item in latents / LATENT_SCALE + LATENT_SHIFT:
-            mel = denormalise_log_mel(self.dcae.decoder(item[None]))[0]  # [2, n_mels, 8F]
+            mel = denormalise_log_mel(decode_in_tiles(self.dcae.decoder, item[None]))[0]  # [2, mels, 8F]
             mel = mel.to(device=vocoder_parameter.device, dtype=vocoder_parameter.dtype)
             if mel.device.type == "cpu":
                 # Both channels at once: the CPU vocoder's tiles bound its memory, and oneDNN is

@@ -1,0 +1,110 @@
+"""The v1 DCAE decoder on a long song: whole (upstream's way) against its convolution levels in time
+tiles (`autoencoder.decode_in_tiles`), peak memory and time, each in a fresh Python.
+
+    python bench/dcae_tiles.py [--size full|tiny] [--seconds 120] [--device cpu|cuda]
+                               [--dtype float32|bfloat16] [--threads 2]
+
+Random weights at the released sizes (`full`, from tests/fixtures/ace_step_v1_tiny/full_size_keys.json)
+or the test checkpoint's (`tiny`), random latents of the song's length. Each way runs once to warm
+up and once timed, in its own process, whose peak memory over its level before the decode is the
+figure: RSS on a CPU, CUDA max allocated on a GPU. Then the largest difference of the two mels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+FULL_SIZE = REPO / "tests" / "fixtures" / "ace_step_v1_tiny" / "full_size_keys.json"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def peak_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def child(size: str, seconds: float, device_name: str, dtype_name: str, threads: int, way: str,
+          output: str) -> None:
+    """One way in this process: prints its time and peak, saves its mel to `output`."""
+    from ace_step_ui.v1.autoencoder import LATENT_FRAMES_PER_SECOND, build_dcae, decode_in_tiles
+    from ace_step_ui.v1.tiny import DCAE_CONFIG
+
+    torch.set_num_threads(threads)
+    device, dtype = torch.device(device_name), DTYPES[dtype_name]
+    config = (json.loads(FULL_SIZE.read_text())["components"]["music_dcae_f8c8"]["config_json"]
+              if size == "full" else DCAE_CONFIG)
+    torch.manual_seed(0)
+    decoder = build_dcae(config).decoder.to(device, dtype).eval().requires_grad_(False)
+    frames = round(seconds * LATENT_FRAMES_PER_SECOND)
+    latents = torch.randn(1, 8, 16, frames, generator=torch.Generator().manual_seed(1))
+    latents = latents.to(device, dtype)
+    decode = decoder if way == "whole" else lambda x: decode_in_tiles(decoder, x)
+    with torch.no_grad():
+        decode(latents[..., :64])  # warm-up, short: the peak stays the long decode's
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+        before = peak_bytes(device) if device.type == "cuda" else current_rss()
+        started = time.perf_counter()
+        mel = decode(latents)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        spent = time.perf_counter() - started
+    torch.save(mel.float().cpu(), output)
+    print(json.dumps({"seconds": spent, "peak_over_start_mib": (peak_bytes(device) - before) / 2**20}))
+
+
+def current_rss() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * resource.getpagesize()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", choices=["full", "tiny"], default="full")
+    parser.add_argument("--seconds", type=float, default=120.0)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", choices=list(DTYPES), default="float32")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    figures, mels = {}, {}
+    with tempfile.TemporaryDirectory() as scratch:
+        for way in ("whole", "tiles"):
+            output = str(Path(scratch) / f"{way}.pt")
+            done = subprocess.run(
+                [sys.executable, __file__, "--child", args.size, str(args.seconds), args.device,
+                 args.dtype, str(args.threads), way, output],
+                capture_output=True, text=True, check=True)
+            figures[way] = json.loads(done.stdout.strip().splitlines()[-1])
+            mels[way] = torch.load(output)
+    print(f"{args.size}-size DCAE decoder, {args.seconds:g} s song, {args.device}, {args.dtype}, "
+          f"{args.threads} threads")
+    print("way      seconds   peak over start MiB")
+    for way, figure in figures.items():
+        print(f"{way:<8} {figure['seconds']:7.2f}   {figure['peak_over_start_mib']:10.0f}")
+    ratio = {key: figures["tiles"][key] / figures["whole"][key] for key in figures["whole"]}
+    difference = (mels["tiles"] - mels["whole"]).abs().max().item()
+    print(f"tiles / whole: time {ratio['seconds']:.2f}, peak {ratio['peak_over_start_mib']:.2f}; "
+          f"max |difference| {difference:.1e} (largest |value| {mels['whole'].abs().max().item():.2f})")
+    return 0
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--child"]:
+        child(sys.argv[2], float(sys.argv[3]), sys.argv[4], sys.argv[5], int(sys.argv[6]),
+              sys.argv[7], sys.argv[8])
+    else:
+        raise SystemExit(main())
