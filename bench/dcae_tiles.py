@@ -1,13 +1,14 @@
-"""The v1 DCAE decoder on a long song: whole (upstream's way) against its convolution levels in time
-tiles (`autoencoder.decode_in_tiles`), peak memory and time, each in a fresh Python.
+"""The v1 DCAE on a long song: whole (upstream's way) against its convolution levels in time tiles
+(`autoencoder.decode_in_tiles`, `encode_in_tiles`), peak memory and time, each in a fresh Python.
 
-    python bench/dcae_tiles.py [--size full|tiny] [--seconds 120] [--device cpu|cuda]
-                               [--dtype float32|bfloat16] [--threads 2]
+    python bench/dcae_tiles.py [--part decoder|encoder] [--size full|tiny] [--seconds 120]
+                               [--device cpu|cuda] [--dtype float32|bfloat16] [--threads 2]
 
 Random weights at the released sizes (`full`, from tests/fixtures/ace_step_v1_tiny/full_size_keys.json)
-or the test checkpoint's (`tiny`), random latents of the song's length. Each way runs once to warm
-up and once timed, in its own process, whose peak memory over its level before the decode is the
-figure: RSS on a CPU, CUDA max allocated on a GPU. Then the largest difference of the two mels.
+or the test checkpoint's (`tiny`), random latents (decoder) or a random two-channel mel (encoder) of
+the song's length. Each way runs once to warm up and once timed, in its own process, whose peak
+memory over its level before the pass is the figure: RSS on a CPU, CUDA max allocated on a GPU.
+Then the largest difference of the two outputs.
 """
 
 from __future__ import annotations
@@ -36,10 +37,11 @@ def peak_bytes(device: torch.device) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def child(size: str, seconds: float, device_name: str, dtype_name: str, threads: int, way: str,
-          output: str) -> None:
-    """One way in this process: prints its time and peak, saves its mel to `output`."""
-    from ace_step_ui.v1.autoencoder import LATENT_FRAMES_PER_SECOND, build_dcae, decode_in_tiles
+def child(part: str, size: str, seconds: float, device_name: str, dtype_name: str, threads: int,
+          way: str, output: str) -> None:
+    """One way in this process: prints its time and peak, saves its output to `output`."""
+    from ace_step_ui.v1.autoencoder import (LATENT_FRAMES_PER_SECOND, MEL_FRAMES_PER_LATENT_FRAME,
+                                            build_dcae, decode_in_tiles, encode_in_tiles)
     from ace_step_ui.v1.tiny import DCAE_CONFIG
 
     torch.set_num_threads(threads)
@@ -47,13 +49,15 @@ def child(size: str, seconds: float, device_name: str, dtype_name: str, threads:
     config = (json.loads(FULL_SIZE.read_text())["components"]["music_dcae_f8c8"]["config_json"]
               if size == "full" else DCAE_CONFIG)
     torch.manual_seed(0)
-    decoder = build_dcae(config).decoder.to(device, dtype).eval().requires_grad_(False)
+    network = getattr(build_dcae(config), part).to(device, dtype).eval().requires_grad_(False)
     frames = round(seconds * LATENT_FRAMES_PER_SECOND)
-    latents = torch.randn(1, 8, 16, frames, generator=torch.Generator().manual_seed(1))
-    latents = latents.to(device, dtype)
-    decode = decoder if way == "whole" else lambda x: decode_in_tiles(decoder, x)
+    shape = ((1, 8, 16, frames) if part == "decoder"
+             else (1, 2, 128, frames * MEL_FRAMES_PER_LATENT_FRAME))
+    latents = torch.randn(*shape, generator=torch.Generator().manual_seed(1)).to(device, dtype)
+    in_tiles = decode_in_tiles if part == "decoder" else encode_in_tiles
+    decode = network if way == "whole" else lambda x: in_tiles(network, x)
     with torch.no_grad():
-        decode(latents[..., :64])  # warm-up, short: the peak stays the long decode's
+        decode(latents[..., :512])  # warm-up, short: the peak stays the long pass's
         if device.type == "cuda":
             torch.cuda.synchronize(device)
             torch.cuda.reset_peak_memory_stats(device)
@@ -74,6 +78,7 @@ def current_rss() -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--part", choices=["decoder", "encoder"], default="decoder")
     parser.add_argument("--size", choices=["full", "tiny"], default="full")
     parser.add_argument("--seconds", type=float, default=120.0)
     parser.add_argument("--device", default="cpu")
@@ -85,12 +90,12 @@ def main(argv: list[str] | None = None) -> int:
         for way in ("whole", "tiles"):
             output = str(Path(scratch) / f"{way}.pt")
             done = subprocess.run(
-                [sys.executable, __file__, "--child", args.size, str(args.seconds), args.device,
-                 args.dtype, str(args.threads), way, output],
+                [sys.executable, __file__, "--child", args.part, args.size, str(args.seconds),
+                 args.device, args.dtype, str(args.threads), way, output],
                 capture_output=True, text=True, check=True)
             figures[way] = json.loads(done.stdout.strip().splitlines()[-1])
             mels[way] = torch.load(output)
-    print(f"{args.size}-size DCAE decoder, {args.seconds:g} s song, {args.device}, {args.dtype}, "
+    print(f"{args.size}-size DCAE {args.part}, {args.seconds:g} s song, {args.device}, {args.dtype}, "
           f"{args.threads} threads")
     print("way      seconds   peak over start MiB")
     for way, figure in figures.items():
@@ -104,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--child"]:
-        child(sys.argv[2], float(sys.argv[3]), sys.argv[4], sys.argv[5], int(sys.argv[6]),
-              sys.argv[7], sys.argv[8])
+        child(sys.argv[2], sys.argv[3], float(sys.argv[4]), sys.argv[5], sys.argv[6], int(sys.argv[7]),
+              sys.argv[8], sys.argv[9])
     else:
         raise SystemExit(main())

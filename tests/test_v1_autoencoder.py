@@ -21,6 +21,8 @@ from ace_step_ui.v1.autoencoder import (
     conv_levels_halo,
     decode_in_tiles,
     decoded_samples,
+    encode_in_tiles,
+    encoder_conv_levels_halo,
 )
 from ace_step_ui.v1.mel import periodic_hann_window, slaney_mel_filterbank
 from ace_step_ui.v1.vocoder import HiFiGANVocoder, VocoderConfig
@@ -163,21 +165,27 @@ def test_runs_in_bfloat16(tiny_v1_weights, music_dcae):
 def test_the_decoder_in_tiles_gives_the_whole_decode(music_dcae, monkeypatch):
     """Long latents: the convolution levels in tiles (here of 8 frames, so 5 of them) equal the
     whole decode up to float rounding; half the halo is caught; short latents run whole."""
-    decoder = music_dcae.dcae.decoder
     latents = torch.randn(1, 8, 16, 40, generator=torch.Generator().manual_seed(0))
+    check_tiles(music_dcae.dcae.decoder, latents, decode_in_tiles, "conv_levels_halo",
+                (1, 2, 128, 40 * 8), monkeypatch)
+
+
+def check_tiles(network, x, in_tiles, halo_name: str, shape, monkeypatch) -> None:
+    """`in_tiles(network, x)` in tiles of 8 latent frames against `network(x)`; with half the
+    halo that `halo_name` gives; and whole where `x` is one tile long."""
     with torch.no_grad():
-        whole = decoder(latents)
-        tiled = decode_in_tiles(decoder, latents, tile=8)
-        assert tiled.shape == whole.shape == (1, 2, 128, 40 * 8)
+        whole = network(x)
+        tiled = in_tiles(network, x, tile=8)
+        assert tiled.shape == whole.shape == shape
         scale = whole.abs().max().item()
         assert (tiled - whole).abs().max().item() <= 1e-5 * scale
-        halo = conv_levels_halo(decoder)
-        monkeypatch.setattr(autoencoder, "conv_levels_halo", lambda _: halo // 2)
-        short = decode_in_tiles(decoder, latents, tile=8)
+        halo = getattr(autoencoder, halo_name)(network)
+        monkeypatch.setattr(autoencoder, halo_name, lambda _: halo // 2)
+        short = in_tiles(network, x, tile=8)
         assert (short - whole).abs().max().item() > 1e-3 * scale
         calls = []
-        monkeypatch.setattr(type(decoder), "forward", lambda self, x: calls.append(x.shape) or whole)
-        assert decode_in_tiles(decoder, latents, tile=40) is whole and calls == [latents.shape]
+        monkeypatch.setattr(type(network), "forward", lambda self, x: calls.append(x.shape) or whole)
+        assert in_tiles(network, x, tile=40) is whole and calls == [x.shape]
 
 
 def test_the_full_size_decoder_s_halo_covers_its_reach():
@@ -189,3 +197,19 @@ def test_the_full_size_decoder_s_halo_covers_its_reach():
     assert conv_levels_halo(decoder) == math.ceil(7 / 2 + 7 / 4 + 7 / 8 + 1 / 8) + 1
     decoder.up_blocks[1][1] = decoder.up_blocks[-1][0]  # an attention block above the deepest level
     assert conv_levels_halo(decoder) is None
+
+
+def test_the_encoder_in_tiles_gives_the_whole_encode(music_dcae, monkeypatch):
+    """The same for the encoder: its levels below the deepest in tiles of 8 latent frames (64 mel
+    frames) equal the whole encode; half the halo is caught; short mels run whole."""
+    mel = torch.randn(1, 2, 128, 40 * 8, generator=torch.Generator().manual_seed(0))
+    check_tiles(music_dcae.dcae.encoder, mel, encode_in_tiles, "encoder_conv_levels_halo",
+                (1, 8, 16, 40), monkeypatch)
+
+
+def test_the_full_size_encoder_s_halo_covers_its_reach():
+    """The released encoder: 2, 2 and 3 ResBlocks and a stride-2 conv at 1, 2 and 4 input frames a
+    frame of their level, after a 3x3 input conv; 8 input frames a latent frame."""
+    encoder = build_on_meta(lambda: build_dcae(FULL_SIZE["music_dcae_f8c8"]["config_json"])).encoder
+    assert encoder_conv_levels_halo(encoder) == math.ceil((1 + (2 * 2 + 1) * 1 + (2 * 2 + 1) * 2
+                                                           + (3 * 2 + 1) * 4) / 8) + 1

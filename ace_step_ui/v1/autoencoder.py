@@ -13,7 +13,8 @@ from typing import Any
 
 import torch
 from diffusers import AutoencoderDC
-from diffusers.models.autoencoders.autoencoder_dc import DCUpBlock2d, Decoder, ResBlock
+from diffusers.models.autoencoders.autoencoder_dc import (DCDownBlock2d, DCUpBlock2d, Decoder, Encoder,
+                                                          ResBlock)
 
 from ..audio import resample
 from .vocoder import HiFiGANVocoder
@@ -32,9 +33,10 @@ MEL_FRAMES_PER_LATENT_FRAME = 8  # the DCAE's time compression
 SAMPLES_PER_LATENT_FRAME = MEL_HOP_SAMPLES * MEL_FRAMES_PER_LATENT_FRAME
 LATENT_FRAMES_PER_SECOND = MODEL_SAMPLE_RATE / MEL_HOP_SAMPLES / MEL_FRAMES_PER_LATENT_FRAME
 AUDIO_CHANNELS = 2
-# Past this many latent frames (~47 s) the DCAE decoder's convolution-only levels run in time tiles
-# of this many: their activations (at full size 128 channels x 128 mel bins x 8 frames per latent
-# frame) then stay bounded however long the song, and the result is the whole decode's.
+# Past this many latent frames (~47 s) the DCAE's convolution-only levels (the decoder's and the
+# encoder's) run in time tiles of this many: their activations (at full size 128 channels x 128
+# mel bins x 8 frames per latent frame) then stay bounded however long the song, and the result is
+# the whole pass's.
 DECODE_TILE_FRAMES = 512
 
 
@@ -109,6 +111,54 @@ def conv_levels_halo(decoder: Decoder) -> int | None:
     return math.ceil(reach) + 1
 
 
+def encode_in_tiles(encoder: Encoder, mel: torch.Tensor, tile: int = DECODE_TILE_FRAMES) -> torch.Tensor:
+    """`encoder(mel)` with the levels below the deepest one (convolutions, strided or pixel-unshuffle
+    downsampling, per-position RMSNorm: all local in time) run in tiles of `tile` latent frames,
+    each with `encoder_conv_levels_halo` latent frames of its input either side; the deepest level
+    (global linear attention) and the output conv run whole, as `decode_in_tiles` for the decoder."""
+    halo, factor = encoder_conv_levels_halo(encoder), downsampling(encoder)
+    if halo is None or mel.shape[-1] % factor or mel.shape[-1] // factor <= tile:
+        return encoder(mel)
+    length = mel.shape[-1] // factor
+    parts = []
+    for start in range(0, length, tile):
+        end = min(length, start + tile)
+        first, last = max(0, start - halo), min(length, end + halo)
+        hidden = encoder.conv_in(mel[..., first * factor:last * factor])
+        for down_block in encoder.down_blocks[:-1]:
+            hidden = down_block(hidden)
+        parts.append(hidden[..., start - first:end - first])
+    hidden = encoder.down_blocks[-1](torch.cat(parts, dim=-1))
+    out = encoder.conv_out(hidden)
+    if encoder.out_shortcut:  # as diffusers' Encoder.forward
+        out = out + hidden.unflatten(1, (-1, encoder.out_shortcut_average_group_size)).mean(dim=2)
+    return out
+
+
+def downsampling(encoder: Encoder) -> int:
+    """Input frames per frame of the deepest level."""
+    return math.prod(module.factor for level in encoder.down_blocks[:-1] for module in level
+                     if isinstance(module, DCDownBlock2d))
+
+
+def encoder_conv_levels_halo(encoder: Encoder) -> int | None:
+    """Deepest-level frames on each side that reach one frame of the encoder's levels below the
+    deepest; None where they hold anything but ResBlocks and downsampling blocks."""
+    if not isinstance(encoder.conv_in, torch.nn.Conv2d):
+        return None
+    reach, scale = _width_reach(encoder.conv_in), 1  # reach in input frames; input frames a frame
+    for level in encoder.down_blocks[:-1]:
+        for module in level:
+            if isinstance(module, DCDownBlock2d):
+                reach += _width_reach(module.conv) * scale  # the conv runs at this level's rate
+                scale *= module.factor
+            elif isinstance(module, ResBlock):
+                reach += (_width_reach(module.conv1) + _width_reach(module.conv2)) * scale
+            else:
+                return None
+    return math.ceil(reach / scale) + 1
+
+
 def _width_reach(conv: torch.nn.Conv2d) -> int:
     return conv.kernel_size[-1] // 2 * conv.dilation[-1]
 
@@ -157,7 +207,7 @@ class MusicDCAE:
         samples = pad_to_latent_frames(resample(samples, sample_rate, MODEL_SAMPLE_RATE))
         mel = normalise_log_mel(self.vocoder.mel_transform(samples))
         mel = mel.to(device=parameter.device, dtype=parameter.dtype)
-        latents = torch.cat([self.dcae.encoder(item[None]) for item in mel])
+        latents = torch.cat([encode_in_tiles(self.dcae.encoder, item[None]) for item in mel])
         return (latents - LATENT_SHIFT) * LATENT_SCALE
 
     @torch.no_grad()
