@@ -37,7 +37,7 @@ AUDIO_CHANNELS = 2
 # encoder's) run in time tiles of this many: their activations (at full size 128 channels x 128
 # mel bins x 8 frames per latent frame) then stay bounded however long the song, and the result is
 # the whole pass's.
-DECODE_TILE_FRAMES = 512
+DCAE_TILE_FRAMES = 512
 
 
 def build_dcae(config: dict[str, Any]) -> AutoencoderDC:
@@ -47,7 +47,7 @@ def build_dcae(config: dict[str, Any]) -> AutoencoderDC:
 
 
 def decode_in_tiles(decoder: Decoder, latents: torch.Tensor,
-                    tile: int = DECODE_TILE_FRAMES) -> torch.Tensor:
+                    tile: int = DCAE_TILE_FRAMES) -> torch.Tensor:
     """`decoder(latents)` with the levels above the deepest one (convolutions, nearest upsampling
     and per-position RMSNorm: all local in time) run in tiles of `tile` latent frames, each with
     `conv_levels_halo` frames of its input either side, so that every kept sample sees what it
@@ -111,7 +111,7 @@ def conv_levels_halo(decoder: Decoder) -> int | None:
     return math.ceil(reach) + 1
 
 
-def encode_in_tiles(encoder: Encoder, mel: torch.Tensor, tile: int = DECODE_TILE_FRAMES) -> torch.Tensor:
+def encode_in_tiles(encoder: Encoder, mel: torch.Tensor, tile: int = DCAE_TILE_FRAMES) -> torch.Tensor:
     """`encoder(mel)` with the levels below the deepest one (convolutions, strided or pixel-unshuffle
     downsampling, per-position RMSNorm: all local in time) run in tiles of `tile` latent frames,
     each with `encoder_conv_levels_halo` latent frames of its input either side; the deepest level
