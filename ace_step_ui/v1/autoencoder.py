@@ -17,6 +17,7 @@ from diffusers.models.autoencoders.autoencoder_dc import (DCDownBlock2d, DCUpBlo
                                                           ResBlock)
 
 from ..audio import resample
+from .tiles import in_tiles
 from .vocoder import HiFiGANVocoder
 
 # Latent normalisation and mel range: fixed in upstream's MusicDCAE, not stored in any config.json
@@ -62,17 +63,8 @@ def decode_in_tiles(decoder: Decoder, latents: torch.Tensor,
         hidden = hidden + latents.repeat_interleave(decoder.in_shortcut_repeats, dim=1,
                                                      output_size=hidden.shape[1])
     hidden = decoder.up_blocks[-1](hidden)
-    scale = upsampling(decoder)
-    out = None
-    for start in range(0, length, tile):
-        end = min(length, start + tile)
-        first, last = max(0, start - halo), min(length, end + halo)
-        part = conv_levels(decoder, hidden[..., first:last])
-        part = part[..., (start - first) * scale:(end - first) * scale]
-        if out is None:
-            out = part.new_empty(*part.shape[:-1], length * scale)
-        out[..., start * scale:end * scale] = part
-    return out
+    return in_tiles(length, tile, halo, lambda first, last: conv_levels(decoder, hidden[..., first:last]),
+                    upsampling(decoder))
 
 
 def conv_levels(decoder: Decoder, hidden: torch.Tensor) -> torch.Tensor:
@@ -119,16 +111,14 @@ def encode_in_tiles(encoder: Encoder, mel: torch.Tensor, tile: int = DCAE_TILE_F
     halo, factor = encoder_conv_levels_halo(encoder), downsampling(encoder)
     if halo is None or mel.shape[-1] % factor or mel.shape[-1] // factor <= tile:
         return encoder(mel)
-    length = mel.shape[-1] // factor
-    parts = []
-    for start in range(0, length, tile):
-        end = min(length, start + tile)
-        first, last = max(0, start - halo), min(length, end + halo)
+
+    def conv_levels_of(first: int, last: int) -> torch.Tensor:  # latent frames [first, last)
         hidden = encoder.conv_in(mel[..., first * factor:last * factor])
         for down_block in encoder.down_blocks[:-1]:
             hidden = down_block(hidden)
-        parts.append(hidden[..., start - first:end - first])
-    hidden = encoder.down_blocks[-1](torch.cat(parts, dim=-1))
+        return hidden
+
+    hidden = encoder.down_blocks[-1](in_tiles(mel.shape[-1] // factor, tile, halo, conv_levels_of))
     out = encoder.conv_out(hidden)
     if encoder.out_shortcut:  # as diffusers' Encoder.forward
         out = out + hidden.unflatten(1, (-1, encoder.out_shortcut_average_group_size)).mean(dim=2)

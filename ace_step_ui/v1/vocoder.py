@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .mel import LogMelSpectrogram
+from .tiles import in_tiles
 
 LAYER_SCALE_INIT = 1e-6
 NORM_EPS = 1e-6
@@ -278,17 +279,9 @@ class HiFiGANHead(nn.Module):
         tile = max(self.tile_bytes // (x.shape[0] * channels * rate * x.element_size()), 16 * halo)
         if x.device.type != "cpu" or length < 2 * tile or (kernel - rate) % 2:
             return self.stage(stage, x)  # on a GPU, or short enough, or an output not rate * length
-        tiles = -(-length // tile)
-        tile = -(-length // tiles)
-        out = None
-        for start in range(0, length, tile):
-            end = min(length, start + tile)
-            first, last = max(0, start - halo), min(length, end + halo)
-            part = self.stage(stage, x[..., first:last])[..., (start - first) * rate:(end - first) * rate]
-            if out is None:
-                out = part.new_empty(*part.shape[:-1], length * rate)
-            out[..., start * rate:end * rate] = part
-        return out
+        tile = -(-length // -(-length // tile))  # tiles of equal length
+        return in_tiles(length, tile, halo, lambda first, last: self.stage(stage, x[..., first:last]),
+                        rate)
 
 
 class HiFiGANVocoder(nn.Module):

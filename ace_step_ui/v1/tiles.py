@@ -1,0 +1,26 @@
+"""Time tiles: a local operation over a long sequence, run a tile at a time with its reach of input
+either side, so that each kept output frame sees exactly the inputs it sees in one whole run.
+The vocoder's stages and the DCAE's convolution levels run this way (less memory, warmer caches).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+
+def in_tiles(length: int, tile: int, halo: int, run: Callable[[int, int], torch.Tensor],
+             scale: int = 1) -> torch.Tensor:
+    """`run(0, length)` made of tiles: `run(first, last)` maps input frames [first, last) to
+    `scale` output frames each, and output frame i depends only on input frames within `halo` of
+    i // scale; each tile of `tile` frames runs with `halo` more either side and is cropped."""
+    out = None
+    for start in range(0, length, tile):
+        end = min(length, start + tile)
+        first, last = max(0, start - halo), min(length, end + halo)
+        part = run(first, last)[..., (start - first) * scale:(end - first) * scale]
+        if out is None:
+            out = part.new_empty(*part.shape[:-1], length * scale)
+        out[..., start * scale:end * scale] = part
+    return out
