@@ -1,15 +1,17 @@
 """The v1 vocoder on a CPU: upstream's way (each channel whole, one after the other, its ResBlocks
-out of place) against ours (both channels at once, each HiFi-GAN stage in cache-sized time tiles,
-in place on each convolution's fresh output), in one run.
+out of place, channels-first) against ours (both channels at once, each HiFi-GAN stage in
+cache-sized time tiles, in place on each convolution's fresh output, the stages of 8-128 channels
+channels-last), in one run.
 
     python bench/vocoder_tiles.py [--size full|tiny] [--seconds 10 30] [--repeats 3] [--threads 2]
-                                  [--sweep]
+                                  [--sweep] [--layouts]
 
 Random weights (with the test checkpoint's audible gains) at the released sizes (`full`, from tests/fixtures/ace_step_v1_tiny/full_size_keys.json)
 or the test checkpoint's (`tiny`), a random stereo log-mel of each length; the two ways alternate
 and each figure is the median of the repeats, with the largest difference of their waveforms.
 --sweep also times each stage alone on inputs of 2^15 to 2^22 output elements (ns per element):
-how `TILE_BYTES` was chosen.
+how `TILE_BYTES` was chosen. --layouts times each stage alone on one tile of input in both layouts
+(alternating, medians of the repeats): how `CHANNELS_LAST` was chosen.
 """
 
 from __future__ import annotations
@@ -28,7 +30,14 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from ace_step_ui.v1.tiny import VOCODER_CONFIG, audible_gains  # noqa: E402
-from ace_step_ui.v1.vocoder import TILE_BYTES, HiFiGANHead, HiFiGANVocoder, VocoderConfig  # noqa: E402
+from ace_step_ui.v1.vocoder import (  # noqa: E402
+    CHANNELS_LAST,
+    TILE_BYTES,
+    HiFiGANHead,
+    HiFiGANVocoder,
+    VocoderConfig,
+    to_channels_last,
+)
 
 FULL_SIZE = REPO / "tests" / "fixtures" / "ace_step_v1_tiny" / "full_size_keys.json"
 WHOLE = 2**62  # a tile budget no stage reaches
@@ -46,10 +55,11 @@ def build(size: str) -> HiFiGANVocoder:
 def upstream_way(vocoder: HiFiGANVocoder, mel: torch.Tensor) -> torch.Tensor:
     head = vocoder.head
     head.tile_bytes, head.stage = WHOLE, lambda stage, x: upstream_stage(head, stage, x)
+    head.channels_last = range(0)
     try:
         return torch.cat([vocoder(mel[channel][None]) for channel in range(mel.shape[0])])
     finally:
-        head.tile_bytes = TILE_BYTES
+        head.tile_bytes, head.channels_last = TILE_BYTES, CHANNELS_LAST
         del head.stage
 
 
@@ -113,6 +123,29 @@ def sweep(vocoder: HiFiGANVocoder) -> None:
             print(f"{stage:>5} {channels:>8}  " + "  ".join(row), flush=True)
 
 
+def layouts(vocoder: HiFiGANVocoder, repeats: int) -> None:
+    head = vocoder.head
+    print("\none stage alone on one tile of input at batch 2, ms (medians of the repeats)")
+    print("stage channels  channels-first  channels-last  ratio  max |difference| / max |sample|")
+    with torch.no_grad():
+        for stage, upsample in enumerate(head.ups):
+            channels, rate = upsample.weight_v.shape[1], vocoder.config.upsample_rates[stage]
+            length = max(16 * head.stage_halo(stage), TILE_BYTES // (2 * channels * rate * 4))
+            x = torch.randn(2, upsample.weight_v.shape[0], length, generator=torch.Generator().manual_seed(0))
+            inputs = {"first": x, "last": to_channels_last(x)}
+            times: dict[str, list[float]] = {name: [] for name in inputs}
+            outputs = {}
+            for repeat in range(repeats + 1):
+                for name in (list(inputs) if repeat % 2 == 0 else list(inputs)[::-1]):
+                    spent, outputs[name] = timed(head.stage, stage, inputs[name])
+                    if repeat:
+                        times[name].append(spent)
+            first, last = (statistics.median(times[name]) * 1e3 for name in inputs)
+            difference = (outputs["last"] - outputs["first"]).abs().max() / outputs["first"].abs().max()
+            print(f"{stage:>5} {channels:>8}  {first:14.1f}  {last:13.1f}  {last / first:5.2f}  "
+                  f"{difference.item():.1e}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", choices=["full", "tiny"], default="full")
@@ -120,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--sweep", action="store_true")
+    parser.add_argument("--layouts", action="store_true")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     vocoder = build(args.size)
@@ -131,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
             compare(vocoder, seconds, args.repeats)
     if args.sweep:
         sweep(vocoder)
+    if args.layouts:
+        layouts(vocoder, args.repeats)
     return 0
 
 

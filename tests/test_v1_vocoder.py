@@ -1,4 +1,5 @@
-"""The vocoder's CPU tiles: the same samples as the whole stage, and a halo that is needed."""
+"""The vocoder's CPU tiles and layouts: the same samples as the whole stage in channels-first
+layout, and a halo that is needed."""
 
 from __future__ import annotations
 
@@ -6,7 +7,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ace_step_ui.v1.vocoder import TILE_BYTES, HiFiGANHead
+from ace_step_ui.v1.vocoder import (
+    CHANNELS_LAST,
+    TILE_BYTES,
+    HiFiGANHead,
+    WeightNormConv1d,
+    is_channels_last,
+    to_channels_last,
+)
 from ace_step_ui.v1.weights import build_on_meta
 from test_v1_autoencoder import load_vocoder
 
@@ -65,6 +73,19 @@ def test_half_the_halo_is_caught(vocoder, monkeypatch):
     assert (short - whole).abs().max().item() > 3 * TOLERANCE * whole.abs().max().item()
 
 
+def test_tiles_keep_the_stage_s_layout(vocoder):
+    head = vocoder.head
+    x = to_channels_last(torch.randn(1, head.ups[0].weight_v.shape[0], MEL_FRAMES))
+    head.tile_bytes = 1
+    try:
+        with torch.no_grad():
+            out = head.stage_in_tiles(0, x)
+    finally:
+        head.tile_bytes = TILE_BYTES
+    assert out.shape == (1, head.ups[0].weight_v.shape[1], MEL_FRAMES * vocoder.config.upsample_rates[0])
+    assert is_channels_last(out)
+
+
 def test_a_short_song_runs_each_stage_whole(vocoder):
     _, tiles = run(vocoder, tile_bytes=vocoder.head.tile_bytes)  # 400 frames fit one tile
     assert tiles == [1] * len(vocoder.head.ups)
@@ -94,15 +115,64 @@ def reference_stage(head: HiFiGANHead, stage: int, x: torch.Tensor) -> torch.Ten
     return torch.tanh(head.conv_post(F.silu(x))) if stage == len(head.ups) - 1 else x
 
 
-def test_each_stage_is_the_out_of_place_ops_and_leaves_its_input(vocoder):
+@pytest.mark.parametrize("layout", [torch.Tensor.contiguous, to_channels_last])
+def test_each_stage_is_the_out_of_place_ops_and_leaves_its_input(vocoder, layout):
     """The stage works in place on its convolutions' fresh outputs only: the same bits as the
-    plain ops, and the input (a tile's view of the whole stage input) is untouched."""
+    plain ops, and the input (a tile's view of the whole stage input) is untouched; in either
+    layout, which it keeps."""
     head = vocoder.head
     generator = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for stage in range(len(head.ups)):
-            x = torch.randn(1, head.ups[stage].weight_v.shape[0], 40, generator=generator)
+            x = layout(torch.randn(1, head.ups[stage].weight_v.shape[0], 40, generator=generator))
             before = x.clone()
             out = head.stage(stage, x)
             assert torch.equal(x, before), stage
             assert torch.equal(out, reference_stage(head, stage, x)), stage
+            if stage < len(head.ups) - 1:  # the last one ends in one channel
+                assert is_channels_last(out) == is_channels_last(x), stage
+
+
+@pytest.mark.parametrize("transposed, stride, dilation", [(False, 1, 1), (False, 1, 5), (True, 4, 1)])
+def test_a_channels_last_convolution_is_the_channels_first_one(transposed, stride, dilation):
+    torch.manual_seed(2)
+    kernel = 2 * stride if transposed else 7
+    padding = (kernel - stride) // 2 if transposed else 3 * dilation
+    conv = WeightNormConv1d(16, 8, kernel, stride=stride, padding=padding, dilation=dilation,
+                            transposed=transposed)
+    x = torch.randn(2, 16, 300)
+    with torch.no_grad():
+        first, last = conv(x), conv(to_channels_last(x))
+    assert is_channels_last(last) and not is_channels_last(first)
+    assert first.shape == last.shape
+    assert (last - first).abs().max().item() <= TOLERANCE * first.abs().max().item()
+
+
+def layouts_run(vocoder) -> tuple[torch.Tensor, set[tuple[int, bool]]]:
+    """The waveform, and each stage with whether its input was channels-last."""
+    head = vocoder.head
+    layouts = set()
+    plain_stage = head.stage
+    head.stage = lambda stage, x: (layouts.add((stage, is_channels_last(x))), plain_stage(stage, x))[1]
+    try:
+        with torch.no_grad():
+            return vocoder(mel()), layouts
+    finally:
+        del head.stage
+
+
+def test_the_stages_of_8_to_128_channels_run_channels_last_on_the_same_samples(vocoder):
+    head = vocoder.head
+    widths = [up.weight_v.shape[1] for up in head.ups]
+    assert widths == [128, 64, 32, 16, 8, 4, 2]  # the test checkpoint: both layouts are used
+    wave, layouts = layouts_run(vocoder)
+    head.channels_last = range(0)
+    try:
+        channels_first, first_layouts = layouts_run(vocoder)
+    finally:
+        head.channels_last = CHANNELS_LAST
+    assert layouts == {(stage, width >= 8) for stage, width in enumerate(widths)}
+    assert first_layouts == {(stage, False) for stage in range(len(widths))}
+    scale = channels_first.abs().max().item()
+    assert scale > 1e-3
+    assert (wave - channels_first).abs().max().item() <= TOLERANCE * scale

@@ -21,6 +21,14 @@ def in_tiles(length: int, tile: int, halo: int, run: Callable[[int, int], torch.
         first, last = max(0, start - halo), min(length, end + halo)
         part = run(first, last)[..., (start - first) * scale:(end - first) * scale]
         if out is None:
-            out = part.new_empty(*part.shape[:-1], length * scale)
+            out = empty_in_layout_of(part, length * scale)
         out[..., start * scale:end * scale] = part
     return out
+
+
+def empty_in_layout_of(part: torch.Tensor, length: int) -> torch.Tensor:
+    """An empty tensor of `part`'s shape but `length` long, its dims in `part`'s memory order
+    (the vocoder's stages may run time-major)."""
+    order = sorted(range(part.dim()), key=lambda dim: -part.stride(dim))  # stable for equal strides
+    shape = [*part.shape[:-1], length]
+    return part.new_empty([shape[dim] for dim in order]).permute(*[order.index(dim) for dim in range(part.dim())])

@@ -27,6 +27,11 @@ NORM_EPS = 1e-6
 # 2^22 elements a tile, 2^19 was within ~20% of the fastest for every stage of both the released
 # and the test vocoder (2 threads, float32), the whole stage up to 4x slower at 2^22.
 TILE_BYTES = 2 * 1024 * 1024
+# On a CPU, the HiFi-GAN stages of 8 to 128 channels run channels-last (time-major): oneDNN's
+# convolutions there took 0.31-0.9x their channels-first time at the released widths (8-128) and
+# 0.61-0.94x at the test vocoder's (8-128); at 2-4 channels channels-first was faster (1.15-1.46x),
+# at 256-512 about even (bench/vocoder_tiles.py --layouts; AVX2 host, 2 threads, float32).
+CHANNELS_LAST = range(8, 129)
 
 
 @dataclass(frozen=True)
@@ -184,11 +189,33 @@ class WeightNormConv1d(nn.Module):
         return (self.weight_v.float() * (self.weight_g.float() / self._v_norm())).to(self.weight_v.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """`[B, C, T]` in either layout; a channels-last `x` (`is_channels_last`) gives a
+        channels-last output, through the 2-D convolution of its `[B, C, 1, T]` view (torch's
+        channels-last layout of that view, no copy)."""
+        weight = self.effective_weight()
+        if is_channels_last(x):
+            x, weight = x.unsqueeze(2), weight.unsqueeze(2)
+            if self.transposed:
+                out = F.conv_transpose2d(x, weight, self.bias, stride=(1, self.stride),
+                                         padding=(0, self.padding))
+            else:
+                out = F.conv2d(x, weight, self.bias, padding=(0, self.padding),
+                               dilation=(1, self.dilation))
+            return out.squeeze(2)
         if self.transposed:
-            return F.conv_transpose1d(x, self.effective_weight(), self.bias, stride=self.stride,
-                                      padding=self.padding)
-        return F.conv1d(x, self.effective_weight(), self.bias, stride=self.stride, padding=self.padding,
+            return F.conv_transpose1d(x, weight, self.bias, stride=self.stride, padding=self.padding)
+        return F.conv1d(x, weight, self.bias, stride=self.stride, padding=self.padding,
                         dilation=self.dilation)
+
+
+def is_channels_last(x: torch.Tensor) -> bool:
+    """`x [B, C, T]` (C > 1) stored time-major: each frame's C channels side by side."""
+    return x.dim() == 3 and x.shape[1] > 1 and x.stride(1) == 1 and x.stride(2) == x.shape[1]
+
+
+def to_channels_last(x: torch.Tensor) -> torch.Tensor:
+    """The same `[B, C, T]` values stored time-major (`is_channels_last`)."""
+    return x.transpose(1, 2).contiguous().transpose(1, 2)
 
 
 def same_padding(kernel_size: int, dilation: int = 1) -> int:
@@ -242,6 +269,7 @@ class HiFiGANHead(nn.Module):
                                           padding=same_padding(config.post_conv_kernel_size))
         self.config = config
         self.tile_bytes = TILE_BYTES
+        self.channels_last = CHANNELS_LAST  # the stage widths that run channels-last on a CPU
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv_pre(x)
@@ -250,7 +278,8 @@ class HiFiGANHead(nn.Module):
         return x
 
     def stage(self, stage: int, x: torch.Tensor) -> torch.Tensor:
-        """One upsampling stage; the last one ends with the output conv and tanh."""
+        """One upsampling stage, in the layout of `x`; the last one ends with the output conv and
+        tanh."""
         x = self.ups[stage](F.silu(x))
         blocks = self.resblocks[stage * self.kernels_per_stage:(stage + 1) * self.kernels_per_stage]
         total = blocks[0](x)
@@ -275,10 +304,14 @@ class HiFiGANHead(nn.Module):
         rate, kernel = self.config.upsample_rates[stage], self.config.upsample_kernel_sizes[stage]
         channels = self.ups[stage].weight_v.shape[1]
         halo, length = self.stage_halo(stage), x.shape[-1]
+        if x.device.type != "cpu":
+            return self.stage(stage, x)  # a GPU gains nothing from either
+        if (channels in self.channels_last) != is_channels_last(x):
+            x = to_channels_last(x) if channels in self.channels_last else x.contiguous()
         # At least 16 halos a tile, so the overlap costs under 1/8 of the work.
         tile = max(self.tile_bytes // (x.shape[0] * channels * rate * x.element_size()), 16 * halo)
-        if x.device.type != "cpu" or length < 2 * tile or (kernel - rate) % 2:
-            return self.stage(stage, x)  # on a GPU, or short enough, or an output not rate * length
+        if length < 2 * tile or (kernel - rate) % 2:
+            return self.stage(stage, x)  # short enough, or an output not rate * length
         tile = -(-length // -(-length // tile))  # tiles of equal length
         return in_tiles(length, tile, halo, lambda first, last: self.stage(stage, x[..., first:last]),
                         rate)
