@@ -152,6 +152,35 @@ def test_per_item_erg_lyric_equals_each_branch_encoded_alone(model):
             assert torch.equal(mask[item:item + 1], alone_mask)
 
 
+@pytest.mark.parametrize("erg", [[False, True], [False, False], [True, True]])
+def test_lyrics_picked_per_item_are_the_repeated_batch_s_with_the_layers_before_erg_run_once(
+        model, erg):
+    conditions = Conditions("t2m_euler_apg")
+    ids, mask = conditions.lyrics, conditions.lyric_mask
+    other = torch.flip(ids, [1])  # a second distinct lyric item, as the zero-lyrics branch is
+    batch_rows = []
+    hooks = [layer.register_forward_pre_hook(lambda _, inputs: batch_rows.append(len(inputs[0])))
+             for layer in model.lyric_encoder.encoders]
+    items = torch.tensor([0, 0, 1])
+    flags = torch.tensor([*erg, False])
+    try:
+        with torch.no_grad():
+            picked = model.encode_lyrics(torch.cat([ids, other]), mask.repeat(2, 1), erg_lyric=flags,
+                                         items=items)
+            layer_rows, batch_rows[:] = list(batch_rows), []
+            repeated = model.encode_lyrics(torch.cat([ids, ids, other]), mask.repeat(3, 1),
+                                           erg_lyric=flags)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert relative_rms(picked, repeated) < 1e-6
+    shared = 4 if any(erg) else 6  # the first ERG layer, or every layer without ERG
+    assert layer_rows == [2] * shared + [3] * (6 - shared)
+    assert batch_rows == [3] * 6
+    if erg == [False, True]:
+        assert (picked[0] - picked[1]).abs().max().item() > 1e-3
+
+
 class PlusDelta(torch.nn.Module):
     """Stands in for a LoRA layer: the wrapped projection's output plus a delta, times `scale`."""
 

@@ -136,13 +136,24 @@ class LyricEncoder(nn.Module):
         self.after_norm = nn.LayerNorm(WIDTH, eps=LAYER_NORM_EPS)
 
     def forward(self, embeddings: torch.Tensor, mask: torch.Tensor,
-                query_scales: dict[int, QueryScale] | None = None) -> torch.Tensor:
+                query_scales: dict[int, QueryScale] | None = None,
+                items: torch.Tensor | None = None) -> torch.Tensor:
         """`query_scales` maps a layer index to a factor for its `self_attn.linear_q` output (ERG):
-        for the whole batch or (an `ItemScale`) for some of its items."""
+        for the whole batch or (an `ItemScale`) for some of its items.
+
+        `items` (a long `[B']`) makes the batch `embeddings[items]`, with `mask[items]` as its
+        mask: the layers before the first scaled one run once per input item, and their output
+        is then picked for each item (ERG's null branch reads the same lyrics as the conditional
+        one and differs only from layer 4 on)."""
         query_scales = query_scales or {}
         key_mask = mask.to(torch.bool).unsqueeze(1)
         x = self.embed(embeddings) * math.sqrt(WIDTH)
         table = relative_position_table(x.shape[1], WIDTH, x.device, x.dtype)
+        shared = min(query_scales, default=len(self.encoders)) if items is not None else 0
         for index, layer in enumerate(self.encoders):
+            if index == shared and items is not None:
+                x, key_mask = x[items], key_mask[items]
             x = layer(x, key_mask, table, query_scales.get(index, 1.0))
+        if items is not None and shared == len(self.encoders):
+            x = x[items]
         return self.after_norm(x)

@@ -393,13 +393,19 @@ class V1Pipeline:
                        for text, speaker, lyric_ids, erg in branches]
             return [states for states, _ in encoded], encoded[0][1]
         # The lyric encoder once per distinct (lyric ids, ERG) pair: the unconditional and the
-        # text-only branches read the same lyric states (upstream computes them twice).
+        # text-only branches read the same lyric states (upstream computes them twice); and its
+        # layers before ERG's once per distinct lyric ids (the conditional and ERG's null branch
+        # read the same lyrics).
         count, batch = len(branches), len(text_mask)
         lyric_keys = list(dict.fromkeys((id(lyric_ids), erg) for _, _, lyric_ids, erg in branches))
         ids_of = {id(lyric_ids): lyric_ids for _, _, lyric_ids, _ in branches}
+        distinct = list(dict.fromkeys(key for key, _ in lyric_keys))
+        items = torch.cat([distinct.index(key) * batch + torch.arange(batch, device=self.device)
+                           for key, _ in lyric_keys])
         lyric_states = model.encode_lyrics(
-            torch.cat([ids_of[key] for key, _ in lyric_keys]), lyric_mask.repeat(len(lyric_keys), 1),
-            erg_lyric=self.item_flags([erg for _, erg in lyric_keys], batch)).chunk(len(lyric_keys))
+            torch.cat([ids_of[key] for key in distinct]), lyric_mask.repeat(len(distinct), 1),
+            erg_lyric=self.item_flags([erg for _, erg in lyric_keys], batch),
+            items=items).chunk(len(lyric_keys))
         text, speaker = (torch.cat([branch[part] for branch in branches]) for part in range(2))
         states, mask = model.encode(
             text, text_mask.repeat(count, 1), speaker, None, lyric_mask.repeat(count, 1),

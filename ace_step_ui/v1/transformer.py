@@ -310,15 +310,18 @@ class ACEStepTransformer(nn.Module):
                 torch.cat([speaker_mask, text_attention_mask, lyric_mask], dim=1))
 
     def encode_lyrics(self, lyric_token_ids: torch.Tensor, lyric_mask: torch.Tensor, *,
-                      erg_lyric: bool | torch.Tensor = False) -> torch.Tensor:
+                      erg_lyric: bool | torch.Tensor = False,
+                      items: torch.Tensor | None = None) -> torch.Tensor:
         """The lyric tokens' part of the condition `[B, L, D]`: the Conformer, then the projection.
 
         `erg_lyric` scales the queries of lyric-encoder layers 4 and 5 by 0.01 (the ERG null
-        branch): for the whole batch, or (a bool `[B]`) for the items it marks.
+        branch): for the whole batch, or (a bool `[B]`) for the items it marks. `items` (a long
+        `[B]`) names the input item of each output item: the layers before 4 run once per input
+        item (the same numbers as running them on the repeated batch, in less time).
         """
         scale = erg_query_scale(erg_lyric)
-        query_scales = {index: scale for index in ERG_LYRIC_LAYERS}
-        lyrics = self.lyric_encoder(self.lyric_embs(lyric_token_ids), lyric_mask, query_scales)
+        query_scales = {index: scale for index in ERG_LYRIC_LAYERS} if scale != 1.0 else {}
+        lyrics = self.lyric_encoder(self.lyric_embs(lyric_token_ids), lyric_mask, query_scales, items)
         return self.lyric_proj(lyrics)
 
     def condition(self, encoder_hidden_states: torch.Tensor) -> Condition:
