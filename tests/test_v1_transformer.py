@@ -420,3 +420,20 @@ def test_self_attention_without_a_frame_mask_equals_it_with_every_frame_real():
     masked = attention(x, mask, rotary)
     assert torch.equal(masked[0], attention(x, None, rotary)[0])
     assert not torch.allclose(masked[1, :9], attention(x, None, rotary)[1, :9])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_rotary_embedding_is_upstream_s_pairwise_rotation_bit_for_bit(dtype):
+    """Upstream rotates neighbour pairs, `x * cos + (-x[2k+1], x[2k]) * sin`, against half-split
+    tables, in float32; ours folds the minus into the sin table."""
+    from ace_step_ui.v1.attention import apply_rotary, rotary_tables, split_heads
+
+    length, head_dim = 37, 16
+    x = split_heads(torch.randn(2, length, 4 * head_dim, generator=torch.Generator().manual_seed(4))
+                    .to(dtype), 4)
+    frequencies = 1.0 / (1e6 ** (torch.arange(0, head_dim, 2).float() / head_dim))
+    angles = torch.outer(torch.arange(length).float(), frequencies).repeat(1, 2)
+    even, odd = x.float().unflatten(-1, (-1, 2)).unbind(-1)
+    rotated = torch.stack([-odd, even], dim=-1).flatten(-2)
+    expected = (x.float() * angles.cos().to(dtype) + rotated * angles.sin().to(dtype)).to(dtype)
+    assert torch.equal(apply_rotary(x, *rotary_tables(length, head_dim, 1e6, x.device, dtype)), expected)

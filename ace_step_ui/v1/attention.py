@@ -49,7 +49,8 @@ def cross_attention_bias(mask: torch.Tensor, context_mask: torch.Tensor) -> torc
 
 def rotary_tables(length: int, head_dim: int, theta: float, device: torch.device,
                   dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin `[length, head_dim]` for positions 0..length-1, frequencies in half-split layout.
+    """cos and signed sin `[length, head_dim]` for positions 0..length-1, frequencies in
+    half-split layout; the sin of every even element negated (see `apply_rotary`).
 
     Computed in float32 like upstream's cached tables, then cast to the activations' dtype.
     """
@@ -58,18 +59,21 @@ def rotary_tables(length: int, head_dim: int, theta: float, device: torch.device
     positions = torch.arange(length, dtype=torch.int64, device=device).float()
     angles = torch.outer(positions, inv_freq)
     angles = torch.cat((angles, angles), dim=-1)
-    return angles.cos().to(dtype), angles.sin().to(dtype)
+    sin = angles.sin()
+    sin[:, 0::2] = -sin[:, 0::2]
+    return angles.cos().to(dtype), sin.to(dtype)
 
 
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate `x [B, H, S, D]` by the tables `[S, D]`, in float32.
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """Rotate `x [B, H, S, D]` by the tables `[S, D]` of `rotary_tables`, in float32.
 
     Upstream quirk kept on purpose: the tables use the half-split layout (element j has frequency
     j mod D/2) but the rotation pairs neighbours (2k, 2k+1). The weights were trained this way.
+    Upstream's `x * cos + (-x[2k+1], x[2k]) * sin`, as `x * cos + (x[2k+1], x[2k]) * signed_sin`:
+    the same bits (a negation is exact) in 4 operations instead of 8.
     """
-    even, odd = x.reshape(*x.shape[:-1], -1, 2).unbind(-1)
-    rotated = torch.stack([-odd, even], dim=-1).flatten(3)
-    return (x.float() * cos + rotated.float() * sin).to(x.dtype)
+    swapped = x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
+    return (x.float() * cos + swapped.float() * signed_sin).to(x.dtype)
 
 
 def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
