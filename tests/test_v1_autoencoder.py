@@ -213,3 +213,16 @@ def test_the_full_size_encoder_s_halo_covers_its_reach():
     encoder = build_on_meta(lambda: build_dcae(FULL_SIZE["music_dcae_f8c8"]["config_json"])).encoder
     assert encoder_conv_levels_halo(encoder) == math.ceil((1 + (2 * 2 + 1) * 1 + (2 * 2 + 1) * 2
                                                            + (3 * 2 + 1) * 4) / 8) + 1
+
+
+def test_the_stft_magnitude_is_upstream_s_sum_of_squares_bit_for_bit():
+    """Upstream's `sqrt(view_as_real(X).pow(2).sum(-1) + 1e-6)`, computed as re*re + im*im."""
+    from ace_step_ui.v1.mel import MAGNITUDE_EPS, LinearSpectrogram
+
+    spectrogram = LinearSpectrogram(2048, 2048, 512)
+    samples = torch.randn(2, 512 * 40, generator=torch.Generator().manual_seed(5))
+    padded = torch.nn.functional.pad(samples[:, None], (768, 768), mode="reflect")[:, 0]
+    spectrum = torch.stft(padded, 2048, hop_length=512, win_length=2048, window=spectrogram.window,
+                          center=False, onesided=True, return_complex=True)
+    expected = torch.sqrt(torch.view_as_real(spectrum).pow(2).sum(-1) + MAGNITUDE_EPS)
+    assert torch.equal(spectrogram(samples), expected)

@@ -78,8 +78,10 @@ class LinearSpectrogram(nn.Module):
         spectrum = torch.stft(flat, self.n_fft, hop_length=self.hop_length, win_length=self.win_length,
                               window=self.window.float(), center=False, normalized=False,
                               onesided=True, return_complex=True)
-        spectrum = torch.view_as_real(spectrum)
-        magnitude = torch.sqrt(spectrum.pow(2).sum(-1) + MAGNITUDE_EPS)
+        # |X|^2 as re * re + im * im: the same bits as upstream's pow(2).sum(-1) over the
+        # (re, im) pairs, without a reduction over a dimension of 2 (about 0.3x the time).
+        magnitude = torch.sqrt(spectrum.real * spectrum.real + spectrum.imag * spectrum.imag
+                               + MAGNITUDE_EPS)
         return magnitude.reshape(*lead, *magnitude.shape[-2:])
 
 
