@@ -21,7 +21,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import itertools
 import math
@@ -90,12 +90,17 @@ def lent(modules: list[torch.nn.Module], device: torch.device) -> Iterator[None]
 
 
 @contextmanager
-def streamed(module: torch.nn.Module, device: torch.device) -> Iterator[None]:
+def streamed(module: torch.nn.Module, device: torch.device,
+             skip: Iterable[torch.nn.Module] = ()) -> Iterator[None]:
     """The module's weights copied to `device` for the block (sequential mode), from where they
     live; afterwards the module holds those home tensors again and the device copies are freed.
-    Nothing is copied back: inference does not change weights. Tensors already there stay."""
+    Nothing is copied back: inference does not change weights. Tensors already there stay, and so
+    do those of the submodules in `skip` (parts the block will not run)."""
+    skipped = {id(part) for submodule in skip for part in submodule.modules()}
     homes = []  # (the dict a tensor is registered in, its name, the home tensor)
     for part in module.modules():
+        if id(part) in skipped:
+            continue
         for store in (part._parameters, part._buffers):
             for name, tensor in store.items():
                 if tensor is not None and tensor.device != device:

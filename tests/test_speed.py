@@ -74,7 +74,9 @@ def test_streamed_weights_are_on_the_device_for_the_block_and_point_home_after()
 
 def test_sequential_mode_streams_the_dit_one_block_at_a_time(tiny_v1_weights):
     """The blocks stay in CPU memory; each one's weights are on the device (here the meta device:
-    shapes only) exactly while it runs, for the song's keys and values and for every step."""
+    shapes only) exactly while it runs, for the song's keys and values and for every step; at the
+    steps, with the keys and values made, all but the cross-attention's to_k and to_v, which the
+    block does not run then."""
     from test_v1_transformer import decode_inputs, read_config
 
     config: TransformerConfig = read_config(tiny_v1_weights)
@@ -89,20 +91,33 @@ def test_sequential_mode_streams_the_dit_one_block_at_a_time(tiny_v1_weights):
     def on_device(block: nn.Module) -> bool:
         return any(parameter.device.type == "meta" for parameter in block.parameters())
 
+    def placement(block: nn.Module) -> str:
+        """"all" weights on the device, all "but to_k/to_v" of the cross-attention, or "other"."""
+        devices = {name: parameter.device.type for name, parameter in block.named_parameters()}
+        if set(devices.values()) == {"meta"}:
+            return "all"
+        unused = {name for name in devices if name.startswith(("cross_attn.to_k.", "cross_attn.to_v."))}
+        home = {name for name, device in devices.items() if device == "cpu"}
+        return "but to_k/to_v" if home == unused and "meta" in devices.values() else "other"
+
     for index, block in enumerate(blocks):
         block.register_forward_pre_hook(
-            lambda module, _, index=index: ran.append((index, sum(map(on_device, blocks))))
-            if all(p.device.type == "meta" for p in module.parameters()) else ran.append((index, -1)))
+            lambda module, _, index=index: ran.append((index, sum(map(on_device, blocks)),
+                                                       placement(module))))
     latents, frames, context, context_mask = decode_inputs(config, 2, seed=0)
+    timestep = torch.tensor([900.0, 900.0], device="meta")
     with torch.no_grad():
         condition = model.condition(context.to("meta"))
         assert not any(map(on_device, blocks))
         assert all(key.device.type == "meta" for key, _ in condition.keys_values)
         # The masks stay on the CPU: all-real masks are read there and never reach an op.
-        velocity = model.decode(latents.to("meta"), frames, condition, context_mask,
-                                torch.tensor([900.0, 900.0], device="meta"))
+        velocity = model.decode(latents.to("meta"), frames, condition, context_mask, timestep)
+        assert ran == [(index, 1, "but to_k/to_v") for index in range(len(blocks))]
+        ran.clear()
+        # Given the condition's sequence instead, each block makes its keys and values itself.
+        model.decode(latents.to("meta"), frames, context.to("meta"), context_mask, timestep)
+        assert ran == [(index, 1, "all") for index in range(len(blocks))]
     assert velocity.shape == latents.shape and velocity.device.type == "meta"
-    assert ran == [(index, 1) for index in range(len(blocks))]
     assert [parameter.data_ptr() for parameter in blocks.parameters()] == homes
     assert all(parameter.device.type == "cpu" for parameter in blocks.parameters())
 

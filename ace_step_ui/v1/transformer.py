@@ -286,10 +286,12 @@ class ACEStepTransformer(nn.Module):
         pinned(self.transformer_blocks)
         self.block_device = torch.device(device)
 
-    def on_device(self, module: nn.Module) -> AbstractContextManager[None]:
-        """`module` (a block or part of one) on the device for a `with` block in sequential
-        mode; where it already is otherwise."""
-        return streamed(module, self.block_device) if self.block_device is not None else nullcontext()
+    def on_device(self, module: nn.Module, skip: tuple[nn.Module, ...] = ()) -> AbstractContextManager[None]:
+        """`module` (a block or part of one) but the parts in `skip` on the device for a `with`
+        block in sequential mode; where it already is otherwise."""
+        if self.block_device is None:
+            return nullcontext()
+        return streamed(module, self.block_device, skip)
 
     def encode(self, text_hidden_states: torch.Tensor, text_attention_mask: torch.Tensor,
                speaker_embeds: torch.Tensor, lyric_token_ids: torch.Tensor | None,
@@ -366,7 +368,9 @@ class ACEStepTransformer(nn.Module):
         erg_scale = erg_query_scale(erg_diffusion)
         for index, block in enumerate(self.transformer_blocks):
             query_scale = erg_scale if index in ERG_DIFFUSION_BLOCKS else 1.0
-            with self.on_device(block):
+            # With the condition's keys and values made, the block never runs to_k and to_v.
+            unused = (block.cross_attn.to_k, block.cross_attn.to_v) if condition is not None else ()
+            with self.on_device(block, unused):
                 tokens = block(tokens, frame_mask, encoder_hidden_states, cross_bias, rotary,
                                context_rotary, timestep_modulation, query_scale,
                                condition.keys_values[index] if condition is not None else None)
