@@ -27,10 +27,10 @@ NORM_EPS = 1e-6
 # 2^22 elements a tile, 2^19 was within ~20% of the fastest for every stage of both the released
 # and the test vocoder (2 threads, float32), the whole stage up to 4x slower at 2^22.
 TILE_BYTES = 2 * 1024 * 1024
-# On a CPU, the HiFi-GAN stages of 8 to 128 channels run channels-last (time-major): oneDNN's
-# convolutions there took 0.31-0.9x their channels-first time at the released widths (8-128) and
-# 0.61-0.94x at the test vocoder's (8-128); at 2-4 channels channels-first was faster (1.15-1.46x),
-# at 256-512 about even (bench/vocoder_tiles.py --layouts; AVX2 host, 2 threads, float32).
+# On a CPU, the HiFi-GAN stages of 8 to 128 channels run channels-last (time-major): a stage's
+# tile took 0.31-0.86x its channels-first time at the released widths (8-128) and 0.56-0.98x at
+# the test vocoder's (8-128); at 2-4 channels channels-first was faster (1.09-1.36x), at 256-512
+# about even (0.94-1.06x) (bench/vocoder_tiles.py --layouts; AMD AVX2 host, 2 threads, float32).
 CHANNELS_LAST = range(8, 129)
 
 
