@@ -149,11 +149,12 @@ class LyricEncoder(nn.Module):
         key_mask = mask.to(torch.bool).unsqueeze(1)
         x = self.embed(embeddings) * math.sqrt(WIDTH)
         table = relative_position_table(x.shape[1], WIDTH, x.device, x.dtype)
-        shared = min(query_scales, default=len(self.encoders)) if items is not None else 0
+        # The layer from which each item runs on its own (None: every item already does).
+        shared = min(query_scales, default=len(self.encoders)) if items is not None else None
         for index, layer in enumerate(self.encoders):
-            if index == shared and items is not None:
+            if index == shared:
                 x, key_mask = x[items], key_mask[items]
             x = layer(x, key_mask, table, query_scales.get(index, 1.0))
-        if items is not None and shared == len(self.encoders):
+        if shared == len(self.encoders):
             x = x[items]
         return self.after_norm(x)
