@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     from ace_step_ui.ui import build_app, launch_options
 
     manager = EngineManager(device=args.device, dtype=args.dtype, planner=args.planner,
-                            speed=speed.from_arguments(args))
+                            speed=speed.from_arguments(args), own_thread=True)
     speed.set_cpu_threads()
     hint = speed.bfloat16_hint(pick_device(args.device), pick_dtype(args.dtype, pick_device(args.device)))
     if hint:
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     if os.getenv("SPACES_ZERO_GPU") == "true":
         # ZeroGPU wants the weights placed at start-up; GPU calls run in forked workers.
         try:
-            manager.get(args.model)
+            manager.run(lambda: manager.get(args.model))
         except (InputError, ModelUnavailableError) as error:
             print(f"warning: {error}; it will load on the first request", file=sys.stderr)
     models = known_models() if args.models is None else args.models

@@ -18,17 +18,18 @@ import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any, Callable, Iterator, Protocol, TypeVar
 
 import torch
 
 from . import memory
 from .audio import Audio
 from .errors import Cancelled, InputError, ModelUnavailableError
-from .speed import Speed
+from .speed import ComputeThread, Speed
 from .requests import (CoverRequest, EditRequest, GenerateRequest, InpaintRequest,
                        OutpaintRequest, Request)
 
+T = TypeVar("T")
 DEFAULT_MODEL = "ACE-Step/ACE-Step-v1-3.5B"
 V15_MODEL = "ACE-Step/acestep-v15-xl-turbo-diffusers"  # named where a task needs ACE-Step 1.5
 # Name -> (Hub repo, folder inside it). Any other name is a local folder or a Hub repo id.
@@ -309,11 +310,15 @@ class EngineManager:
     Jobs belong to an owner (a browser session, an API client); `cancel(owner)` stops all of that
     owner's jobs at their next diffusion step, or before they start if they are still waiting for
     the slot. Reading sources happens outside the slot, so a slow download never holds it.
+
+    With `own_thread` (the app) the model work of every job runs on one thread of the manager's
+    (`speed.ComputeThread`), whichever thread the job came from; without (the CLI, which runs its
+    one job on its main thread) where it is called.
     """
 
     def __init__(self, device: str = "auto", dtype: str = "auto", planner: str = "",
                  free_memory: Callable[[torch.device], int] = memory.free_bytes,
-                 speed: Speed = Speed()):
+                 speed: Speed = Speed(), own_thread: bool = False):
         self.device = device
         self.dtype = dtype
         self.speed = speed
@@ -327,6 +332,11 @@ class EngineManager:
         self._planner_key: tuple[str, str, str] | None = None
         self._stops: dict[str, set[threading.Event]] = {}
         self._stops_lock = threading.Lock()
+        self._compute = ComputeThread() if own_thread else None
+
+    def run(self, work: Callable[[], T]) -> T:
+        """`work()` on the manager's own thread where it has one, else here."""
+        return work() if self._compute is None else self._compute.run(work)
 
     def get(self, model: str) -> Engine:
         """The engine for `model`, loading it (and unloading the previous one) on first use."""

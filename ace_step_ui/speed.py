@@ -10,6 +10,7 @@
   offload where the DiT does, sequential where not even that.
 - CPU threads: one per core this process may use (its CPU affinity and its cgroup's CPU quota,
   as in a container or a Space), where torch would count the host's cores; OMP_NUM_THREADS wins.
+  The app runs every job's model work on one thread of its own (`ComputeThread`).
 - bfloat16 on the CPU: the full-size DiT about 1.7x faster from 30 s songs up where the CPU has
   bfloat16 matrix units (AVX512-BF16, AMX; no gain on 10 s clips), at about 1.4 % relative
   difference in its output (bench/bfloat16.py); float32 stays the default (the parity suite's
@@ -18,14 +19,19 @@
 
 from __future__ import annotations
 
+from concurrent.futures import Future
+from functools import partial
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, TypeVar
 
+import contextvars
 import itertools
 import math
 import os
+import queue
+import threading
 
 import torch
 from torch import nn
@@ -34,6 +40,7 @@ from . import memory
 from .errors import InputError
 
 MEMORY_MODES = ("auto", "resident", "offload", "sequential")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -153,6 +160,56 @@ def set_cpu_threads(cgroup_cpu_max: Path = CGROUP_CPU_MAX) -> int:
     if not os.environ.get("OMP_NUM_THREADS"):
         torch.set_num_threads(usable_cores(cgroup_cpu_max))
     return torch.get_num_threads()
+
+
+class ComputeThread:
+    """One long-lived thread that runs the work handed to it (`run`), one piece at a time.
+
+    torch runs its CPU ops on an OpenMP team of threads, one team per thread that calls it, and a
+    team stays while its caller lives. Once the teams' threads outnumber the cores, libgomp stops
+    letting idle ones spin, so every op then waits for its team to be woken: with the team of a
+    finished job still alive in another thread, small ops took 3.7x as long and a tiny 30 s song
+    1.3x (bench/job_threads.py). The app's jobs come from many threads (Gradio's workers, the REST
+    worker); run on this one, they share one team. It is a daemon thread (a job cut off by the
+    app's exit is lost, as before), and a forked child (ZeroGPU's workers) starts its own.
+    """
+
+    def __init__(self, name: str = "ace-step-compute") -> None:
+        self.name = name
+        self._lock = threading.Lock()
+        self._work: queue.SimpleQueue | None = None
+        self._pid: int | None = None
+        self._ident: int | None = None
+
+    def run(self, work: Callable[[], T]) -> T:
+        """`work()` on the thread (here, when called from it), its result or its exception. It
+        runs in a copy of the caller's context variables (Gradio finds a job's progress bar in
+        one)."""
+        if threading.get_ident() == self._ident and os.getpid() == self._pid:
+            return work()
+        done: Future = Future()
+        self._queue().put((partial(contextvars.copy_context().run, work), done))
+        return done.result()
+
+    def _queue(self) -> queue.SimpleQueue:
+        with self._lock:
+            if self._work is None or self._pid != os.getpid():  # a fork copies no threads
+                self._work, self._pid = queue.SimpleQueue(), os.getpid()
+                thread = threading.Thread(target=self._serve, args=(self._work,), name=self.name,
+                                          daemon=True)
+                thread.start()
+                self._ident = thread.ident
+            return self._work
+
+    @staticmethod
+    def _serve(work: queue.SimpleQueue) -> None:
+        while True:
+            job, done = work.get()
+            if done.set_running_or_notify_cancel():
+                try:
+                    done.set_result(job())
+                except BaseException as error:  # the caller gets it, as if it had run the job
+                    done.set_exception(error)
 
 
 def cpu_has_bfloat16_units() -> bool:

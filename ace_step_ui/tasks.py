@@ -131,10 +131,8 @@ def run_takes(task: str, payload: Mapping[str, Any], manager: EngineManager, mod
             assert source is not None
             edits.check_whole_track_source(task, source)
 
-        ran = []
-        with manager.slot.hold(stop, on_wait, number):
-            if stop.is_set():
-                raise Cancelled("stopped by the user before it started")
+        def take_all() -> list[tuple]:
+            ran: list[tuple] = []
             for index, seed in enumerate(seeds):
                 try:
                     retake_seed = (request.retake_seed if request.retake_seed >= 0
@@ -182,6 +180,12 @@ def run_takes(task: str, payload: Mapping[str, Any], manager: EngineManager, mod
                     if not ran:
                         raise
                     break  # stopped: the takes made before the stop are kept
+            return ran
+
+        with manager.slot.hold(stop, on_wait, number):
+            if stop.is_set():
+                raise Cancelled("stopped by the user before it started")
+            ran = manager.run(take_all)  # the model work on the manager's thread, if it has one
     results = [_result(task, model, request, manager, source_info, *take, takes=takes, index=index)
                for index, take in enumerate(ran)]
     return results

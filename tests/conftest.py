@@ -132,7 +132,7 @@ def serve(model: Path, allowed_folders: tuple[Path, ...] = (), planner: Path | N
     from ace_step_ui.engines import EngineManager, known_models
     from ace_step_ui.ui import build_app, launch_options
 
-    manager = EngineManager(device="cpu", planner=str(planner or ""))
+    manager = EngineManager(device="cpu", planner=str(planner or ""), own_thread=True)  # as app.py
     demo = build_app(manager, str(model), known_models(), allowed_folders, data_dir)
     _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1",
                             server_port=port or free_port(), quiet=True, **launch_options(demo))

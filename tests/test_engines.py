@@ -1,9 +1,13 @@
 """The model slot: one job at a time, in submission order, and a stop that frees a waiting job."""
 
+import contextvars
+import os
+import signal
 import threading
 import time
 
 import pytest
+import torch
 
 from ace_step_ui.engines import EngineManager, GpuSlot
 from ace_step_ui.errors import Cancelled
@@ -65,3 +69,80 @@ def test_the_step_callback_reports_then_stops():
     with pytest.raises(Cancelled, match="after step 2 of 3"):
         on_step(2, 3)
     assert reported == [1, 2]
+
+
+def test_an_own_thread_manager_runs_the_work_of_every_caller_on_one_thread():
+    manager, seen = EngineManager(device="cpu", own_thread=True), []
+
+    def caller() -> None:
+        seen.append((threading.get_ident(), manager.run(threading.get_ident)))
+
+    callers = [threading.Thread(target=caller) for _ in range(3)]
+    for thread in callers:
+        thread.start()
+        thread.join(10)
+    caller()
+    workers = {worker for _, worker in seen}
+    assert len(seen) == 4 and len(workers) == 1 and not workers & {mine for mine, _ in seen}
+    # Its errors reach the caller; work inside its work runs at once (no deadlock).
+    with pytest.raises(Cancelled, match="stopped"):
+        manager.run(lambda: (_ for _ in ()).throw(Cancelled("stopped")))
+    assert manager.run(lambda: manager.run(threading.get_ident)) == workers.pop()
+    assert EngineManager(device="cpu").run(threading.get_ident) == threading.get_ident()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is POSIX")
+def test_a_forked_child_gets_a_thread_of_its_own():
+    """ZeroGPU runs jobs in forked workers, which have none of the parent's threads."""
+    manager = EngineManager(device="cpu", own_thread=True)
+    parent_worker = manager.run(threading.get_ident)
+    child = os.fork()
+    if child == 0:  # the child: exit 0 when its work ran on a live thread, else 1 (or hang: alarm)
+        signal.alarm(20)
+        try:
+            os._exit(0 if manager.run(lambda: threading.current_thread().is_alive()) else 1)
+        finally:
+            os._exit(1)
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert manager.run(threading.get_ident) == parent_worker
+
+
+@pytest.mark.skipif(torch.get_num_threads() < 2 or not os.path.isdir("/proc/self/task"),
+                    reason="needs 2+ torch threads and Linux's /proc")
+@pytest.mark.parametrize("own_thread", [True, False])
+def test_jobs_from_many_threads_leave_one_team_of_torch_threads(own_thread):
+    """What `ComputeThread` is for: each thread that runs torch CPU ops keeps a team of OpenMP
+    threads while it lives. Callers that stay alive (Gradio's workers, the REST worker) would
+    each keep one; with the manager's own thread only its team exists."""
+    manager, done, threads = EngineManager(device="cpu", own_thread=own_thread), threading.Event(), []
+
+    def os_threads() -> int:
+        return len(os.listdir("/proc/self/task"))
+
+    def caller() -> None:
+        manager.run(lambda: torch.ones(2_000_000).exp_())  # big enough to run on the team
+        done.wait(30)
+
+    manager.run(lambda: torch.ones(2_000_000).exp_())  # the manager's team, if it has one
+    before = os_threads()
+    try:
+        for _ in range(3):
+            threads.append(threading.Thread(target=caller))
+            threads[-1].start()
+            threads[-1].join(0.5)
+        time.sleep(0.2)
+        teams = os_threads() - before - len(threads)  # the callers' own threads aside
+    finally:
+        done.set()
+        for thread in threads:
+            thread.join(10)
+    workers = torch.get_num_threads() - 1  # a team's threads beside its caller
+    assert teams == (0 if own_thread else len(threads) * workers)
+
+
+def test_the_work_sees_the_callers_context_variables():
+    """Gradio finds a job's progress bar through a context variable of the calling thread."""
+    job = contextvars.ContextVar("job")
+    job.set("mine")
+    assert EngineManager(device="cpu", own_thread=True).run(job.get) == "mine"

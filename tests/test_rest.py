@@ -80,7 +80,7 @@ def served_rest(tiny_v15, tiny_v1, tiny_planner, tmp_path_factory):
 
     previous = os.environ.get(remote.ALLOW_LOOPBACK_ENV)
     os.environ[remote.ALLOW_LOOPBACK_ENV] = "1"
-    manager = EngineManager(device="cpu", planner=str(tiny_planner))
+    manager = EngineManager(device="cpu", planner=str(tiny_planner), own_thread=True)
     models = [str(tiny_v15), str(tiny_v1)]
     demo = build_app(manager, models[0], models)
     queue = RestQueue(manager, RemoteAccess(tuple(models)), tmp_path_factory.mktemp("rest-data"),

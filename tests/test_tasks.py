@@ -145,3 +145,27 @@ def test_a_stop_after_the_first_take_keeps_the_takes_made(tiny_v15):
     stop.set()  # set before the first take ends: nothing is made, the stop is the answer
     with pytest.raises(Cancelled):
         tasks.run_takes("generate", payload, manager, str(tiny_v15), 3, stop=stop)
+
+
+def test_an_own_thread_manager_runs_each_job_s_model_work_on_its_thread(tiny_v15, monkeypatch):
+    """As in the app: jobs from two threads load and run the model on the manager's one thread,
+    and each still gets its result (and a refused job its error) in the thread that asked."""
+    manager = EngineManager(device="cpu", own_thread=True)
+    get, ran_on, results = manager.get, [], {}
+    monkeypatch.setattr(manager, "get", lambda model: ran_on.append(threading.get_ident()) or get(model))
+    payload = {"tags": "lofi", "lyrics": "[inst]", "duration": 1, "number_of_steps": 2}
+
+    def job(seed: int) -> None:
+        results[seed] = tasks.run("generate", {**payload, "seed": seed}, manager, str(tiny_v15))
+
+    callers = [threading.Thread(target=job, args=(seed,)) for seed in (1, 2)]
+    for thread in callers:
+        thread.start()
+        thread.join(120)
+    assert sorted(results) == [1, 2] and [results[seed].seed for seed in (1, 2)] == [1, 2]
+    assert len(set(ran_on)) == 1 and ran_on[0] == manager.run(threading.get_ident)
+    assert ran_on[0] not in {thread.ident for thread in callers}
+    with pytest.raises(Cancelled, match="after step 1 of 2"):  # stopped at its first step
+        stop = threading.Event()
+        tasks.run("generate", {**payload, "seed": 3}, manager, str(tiny_v15),
+                  on_step=lambda done, total: stop.set(), stop=stop)
