@@ -20,9 +20,9 @@
 from __future__ import annotations
 
 from concurrent.futures import Future
-from functools import partial
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, TypeVar
 
@@ -169,7 +169,7 @@ class ComputeThread:
     team stays while its caller lives. Once the teams' threads outnumber the cores, libgomp stops
     letting idle ones spin, so every op then waits for its team to be woken: with the team of a
     finished job still alive in another thread, small ops took 3.7x as long and a tiny 30 s song
-    1.3x (bench/job_threads.py). The app's jobs come from many threads (Gradio's workers, the REST
+    1.4x (bench/job_threads.py). The app's jobs come from many threads (Gradio's workers, the REST
     worker); run on this one, they share one team. It is a daemon thread (a job cut off by the
     app's exit is lost, as before), and a forked child (ZeroGPU's workers) starts its own.
     """

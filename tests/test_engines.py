@@ -1,4 +1,5 @@
-"""The model slot: one job at a time, in submission order, and a stop that frees a waiting job."""
+"""The model slot: one job at a time, in submission order, and a stop that frees a waiting job;
+the manager's own thread, which runs every job's model work."""
 
 import contextvars
 import os
