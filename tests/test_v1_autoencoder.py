@@ -188,6 +188,26 @@ def check_tiles(network, x, in_tiles, halo_name: str, shape, monkeypatch) -> Non
         assert in_tiles(network, x, tile=40) is whole and calls == [x.shape]
 
 
+def test_the_dcae_s_tiles_are_equal(music_dcae):
+    """300 latent frames in tiles of at most 128: the decoder's and the encoder's convolution levels
+    run in 3 tiles of 100 frames (not 128, 128 and 44), each with its halo, and give the whole
+    pass."""
+    decoder, encoder = music_dcae.dcae.decoder, music_dcae.dcae.encoder
+    latents = torch.randn(1, 8, 16, 300, generator=torch.Generator().manual_seed(0))
+    mel = torch.randn(1, 2, 128, 300 * 8, generator=torch.Generator().manual_seed(1))
+    for network, x, halo, spied in ((decoder, latents, conv_levels_halo(decoder), decoder.up_blocks[-2]),
+                                    (encoder, mel, encoder_conv_levels_halo(encoder), encoder.conv_in)):
+        widths = []
+        hook = spied.register_forward_pre_hook(lambda _, inputs: widths.append(inputs[0].shape[-1]))
+        with torch.no_grad():
+            tiled = (decode_in_tiles if network is decoder else encode_in_tiles)(network, x, tile=128)
+            hook.remove()
+            whole = network(x)
+        frames = [width // (8 if network is encoder else 1) for width in widths]
+        assert frames == [100 + halo, 100 + 2 * halo, 100 + halo], network
+        assert (tiled - whole).abs().max().item() <= 1e-5 * whole.abs().max().item()
+
+
 def test_the_full_size_decoder_s_halo_covers_its_reach():
     """The released DCAE: 3 ResBlocks and an upsampling a level; the deepest level is attention,
     so only the levels above it are tiled."""

@@ -17,7 +17,7 @@ from diffusers.models.autoencoders.autoencoder_dc import (DCDownBlock2d, DCUpBlo
                                                           ResBlock)
 
 from ..audio import resample
-from .tiles import in_tiles
+from .tiles import equal_tiles, in_tiles
 from .vocoder import HiFiGANVocoder
 
 # Latent normalisation and mel range: fixed in upstream's MusicDCAE, not stored in any config.json
@@ -35,9 +35,9 @@ SAMPLES_PER_LATENT_FRAME = MEL_HOP_SAMPLES * MEL_FRAMES_PER_LATENT_FRAME
 LATENT_FRAMES_PER_SECOND = MODEL_SAMPLE_RATE / MEL_HOP_SAMPLES / MEL_FRAMES_PER_LATENT_FRAME
 AUDIO_CHANNELS = 2
 # Past this many latent frames (~47 s) the DCAE's convolution-only levels (the decoder's and the
-# encoder's) run in time tiles of this many: their activations (at full size 128 channels x 128
-# mel bins x 8 frames per latent frame) then stay bounded however long the song, and the result is
-# the whole pass's.
+# encoder's) run in equal time tiles of at most this many: their activations (at full size 128
+# channels x 128 mel bins x 8 frames per latent frame) then stay bounded however long the song, and
+# the result is the whole pass's.
 DCAE_TILE_FRAMES = 512
 
 
@@ -50,10 +50,10 @@ def build_dcae(config: dict[str, Any]) -> AutoencoderDC:
 def decode_in_tiles(decoder: Decoder, latents: torch.Tensor,
                     tile: int = DCAE_TILE_FRAMES) -> torch.Tensor:
     """`decoder(latents)` with the levels above the deepest one (convolutions, nearest upsampling
-    and per-position RMSNorm: all local in time) run in tiles of `tile` latent frames, each with
-    `conv_levels_halo` frames of its input either side, so that every kept sample sees what it
-    sees in the whole decode. The deepest level (global linear attention) runs whole: it is 1/8
-    the width. Short latents, and decoders with other blocks, run whole."""
+    and per-position RMSNorm: all local in time) run in equal tiles of at most `tile` latent frames
+    (`equal_tiles`), each with `conv_levels_halo` frames of its input either side, so that every
+    kept sample sees what it sees in the whole decode. The deepest level (global linear attention)
+    runs whole: it is 1/8 the width. Short latents, and decoders with other blocks, run whole."""
     halo = conv_levels_halo(decoder)
     length = latents.shape[-1]
     if halo is None or length <= tile:
@@ -63,7 +63,8 @@ def decode_in_tiles(decoder: Decoder, latents: torch.Tensor,
         hidden = hidden + latents.repeat_interleave(decoder.in_shortcut_repeats, dim=1,
                                                      output_size=hidden.shape[1])
     hidden = decoder.up_blocks[-1](hidden)
-    return in_tiles(length, tile, halo, lambda first, last: conv_levels(decoder, hidden[..., first:last]),
+    return in_tiles(length, equal_tiles(length, tile), halo,
+                    lambda first, last: conv_levels(decoder, hidden[..., first:last]),
                     upsampling(decoder))
 
 
@@ -105,11 +106,13 @@ def conv_levels_halo(decoder: Decoder) -> int | None:
 
 def encode_in_tiles(encoder: Encoder, mel: torch.Tensor, tile: int = DCAE_TILE_FRAMES) -> torch.Tensor:
     """`encoder(mel)` with the levels below the deepest one (convolutions, strided or pixel-unshuffle
-    downsampling, per-position RMSNorm: all local in time) run in tiles of `tile` latent frames,
-    each with `encoder_conv_levels_halo` latent frames of its input either side; the deepest level
-    (global linear attention) and the output conv run whole, as `decode_in_tiles` for the decoder."""
+    downsampling, per-position RMSNorm: all local in time) run in equal tiles of at most `tile`
+    latent frames (`equal_tiles`), each with `encoder_conv_levels_halo` latent frames of
+    its input either side; the deepest level (global linear attention) and the output conv run
+    whole, as `decode_in_tiles` for the decoder."""
     halo, factor = encoder_conv_levels_halo(encoder), downsampling(encoder)
-    if halo is None or mel.shape[-1] % factor or mel.shape[-1] // factor <= tile:
+    length = mel.shape[-1] // factor
+    if halo is None or mel.shape[-1] % factor or length <= tile:
         return encoder(mel)
 
     def conv_levels_of(first: int, last: int) -> torch.Tensor:  # latent frames [first, last)
@@ -118,7 +121,7 @@ def encode_in_tiles(encoder: Encoder, mel: torch.Tensor, tile: int = DCAE_TILE_F
             hidden = down_block(hidden)
         return hidden
 
-    hidden = encoder.down_blocks[-1](in_tiles(mel.shape[-1] // factor, tile, halo, conv_levels_of))
+    hidden = encoder.down_blocks[-1](in_tiles(length, equal_tiles(length, tile), halo, conv_levels_of))
     out = encoder.conv_out(hidden)
     if encoder.out_shortcut:  # as diffusers' Encoder.forward
         out = out + hidden.unflatten(1, (-1, encoder.out_shortcut_average_group_size)).mean(dim=2)

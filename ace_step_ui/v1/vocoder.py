@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .mel import LogMelSpectrogram
-from .tiles import in_tiles
+from .tiles import equal_tiles, in_tiles
 
 LAYER_SCALE_INIT = 1e-6
 NORM_EPS = 1e-6
@@ -316,9 +316,8 @@ class HiFiGANHead(nn.Module):
         tile = max(self.tile_bytes // (x.shape[0] * channels * rate * x.element_size()), 16 * halo)
         if length < 2 * tile or (kernel - rate) % 2:
             return self.stage(stage, x)  # short enough, or an output not rate * length
-        tile = -(-length // -(-length // tile))  # tiles of equal length
-        return in_tiles(length, tile, halo, lambda first, last: self.stage(stage, x[..., first:last]),
-                        rate)
+        return in_tiles(length, equal_tiles(length, tile), halo,
+                        lambda first, last: self.stage(stage, x[..., first:last]), rate)
 
 
 class HiFiGANVocoder(nn.Module):
