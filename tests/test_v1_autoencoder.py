@@ -195,16 +195,20 @@ def test_the_dcae_s_tiles_are_equal(music_dcae):
     decoder, encoder = music_dcae.dcae.decoder, music_dcae.dcae.encoder
     latents = torch.randn(1, 8, 16, 300, generator=torch.Generator().manual_seed(0))
     mel = torch.randn(1, 2, 128, 300 * 8, generator=torch.Generator().manual_seed(1))
-    for network, x, halo, spied in ((decoder, latents, conv_levels_halo(decoder), decoder.up_blocks[-2]),
-                                    (encoder, mel, encoder_conv_levels_halo(encoder), encoder.conv_in)):
+    # Per network: its tiled pass, its halo, the first module of a tile and its input frames a
+    # latent frame.
+    ways = ((decoder, latents, decode_in_tiles, conv_levels_halo(decoder), decoder.up_blocks[-2], 1),
+            (encoder, mel, encode_in_tiles, encoder_conv_levels_halo(encoder), encoder.conv_in, 8))
+    for network, x, in_tiles, halo, first_module, frames_per_latent in ways:
         widths = []
-        hook = spied.register_forward_pre_hook(lambda _, inputs: widths.append(inputs[0].shape[-1]))
+        record = lambda _, inputs: widths.append(inputs[0].shape[-1])  # noqa: E731
+        hook = first_module.register_forward_pre_hook(record)
         with torch.no_grad():
-            tiled = (decode_in_tiles if network is decoder else encode_in_tiles)(network, x, tile=128)
+            tiled = in_tiles(network, x, tile=128)
             hook.remove()
             whole = network(x)
-        frames = [width // (8 if network is encoder else 1) for width in widths]
-        assert frames == [100 + halo, 100 + 2 * halo, 100 + halo], network
+        frames = [width // frames_per_latent for width in widths]
+        assert frames == [100 + halo, 100 + 2 * halo, 100 + halo], type(network).__name__
         assert (tiled - whole).abs().max().item() <= 1e-5 * whole.abs().max().item()
 
 

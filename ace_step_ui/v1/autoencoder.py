@@ -107,9 +107,9 @@ def conv_levels_halo(decoder: Decoder) -> int | None:
 def encode_in_tiles(encoder: Encoder, mel: torch.Tensor, tile: int = DCAE_TILE_FRAMES) -> torch.Tensor:
     """`encoder(mel)` with the levels below the deepest one (convolutions, strided or pixel-unshuffle
     downsampling, per-position RMSNorm: all local in time) run in equal tiles of at most `tile`
-    latent frames (`equal_tiles`), each with `encoder_conv_levels_halo` latent frames of
-    its input either side; the deepest level (global linear attention) and the output conv run
-    whole, as `decode_in_tiles` for the decoder."""
+    latent frames (`equal_tiles`), each with `encoder_conv_levels_halo` latent frames of its input
+    either side; the deepest level (global linear attention) and the output conv run whole, as
+    `decode_in_tiles` for the decoder."""
     halo, factor = encoder_conv_levels_halo(encoder), downsampling(encoder)
     length = mel.shape[-1] // factor
     if halo is None or mel.shape[-1] % factor or length <= tile:
