@@ -1,6 +1,7 @@
 """Our ACE-Step v1 against upstream's unmodified code, side by side on this CPU, in one run.
 
     python bench/vs_upstream.py --upstream DIR [--site DIR] [--repeats 3] [--json PATH] [--quick]
+                                [--split]
 
 Both sides run in float32 on the CPU with 2 threads, in this one process, the two alternating
 (ours first on even repeats, upstream first on odd ones) so that host noise hits both; each figure
@@ -22,6 +23,10 @@ is the median of the repeats, printed as ours, upstream and ours/upstream:
 
 Closeness: the max abs difference of the two sides' output WAVs (both tasks) and of the two DiT
 outputs (with the largest output value for scale).
+
+--split times the parts of both tiny cases instead (and nothing else): each side's seconds in its
+text encoder, condition encoder, DiT, autoencoder encode and decode and vocoder (`STAGES`, through
+bench/speed.py's `StageClock`), per call, medians of the repeats, the sides alternating as above.
 
 Upstream lives outside this repository and is imported only from the folders named here:
 `--upstream` is a checkout of github.com/ace-step/ACE-Step (we compare with commit d612523f) and
@@ -53,6 +58,7 @@ import gc
 import importlib.machinery
 import itertools
 import json
+import operator
 import os
 import platform
 import shutil
@@ -94,6 +100,26 @@ CASES = {
                 "repaint_end": 20.0},
 }
 TITLES = {"text2music": "text2music 10 s, 27 steps", "repaint": "repaint 10-20 s of 30 s, 27 steps"}
+# --split: the parts timed on each side, as (attribute path from the side, method, stage). Each
+# side's autoencoder encode includes its resampling and mel, its decode the vocoder and resampling;
+# a call of a stage inside another call of it counts once. ("DiT", not "dit": under that name StageClock also keeps our DiT's
+# arguments, which upstream's calls do not match.)
+STAGES = {
+    "ours": [("pipeline.text_encoder", "encode", "text encoder"),
+             ("pipeline.transformer", "encode", "condition encoder"),
+             ("pipeline.transformer", "encode_lyrics", "condition encoder"),
+             ("pipeline.transformer", "decode", "DiT"),
+             ("pipeline.dcae", "encode", "autoencoder encode"),
+             ("pipeline.dcae", "decode", "autoencoder decode"),
+             ("pipeline.dcae.vocoder", "forward", "vocoder")],
+    "upstream": [("pipeline", "get_text_embeddings", "text encoder"),
+                 ("pipeline", "get_text_embeddings_null", "text encoder"),
+                 ("pipeline.ace_step_transformer", "encode", "condition encoder"),
+                 ("pipeline.ace_step_transformer", "decode", "DiT"),
+                 ("pipeline.music_dcae", "encode", "autoencoder encode"),
+                 ("pipeline.music_dcae", "decode", "autoencoder decode"),
+                 ("pipeline.music_dcae.vocoder", "decode", "vocoder")],
+}
 # Run in a fresh Python: load one side, make one case once, print its peak RSS.
 PEAK_RSS_CHILD = ("import sys; sys.path.insert(0, sys.argv[1]); import vs_upstream; "
                   "vs_upstream.print_peak_rss(*sys.argv[2:])")
@@ -251,6 +277,29 @@ def time_cases(sides: list[Any], calls: dict[str, dict[str, Any]], scratch: Path
     return times, closeness
 
 
+def time_stages(sides: list[Any], calls: dict[str, dict[str, Any]], scratch: Path, repeats: int
+                ) -> dict[str, dict[str, list[float]]]:
+    """Per case and stage (`STAGES`, then the whole call), each side's seconds in each repeat."""
+    from speed import StageClock  # it imports our package, which upstream's RSS child must not
+
+    clock = StageClock(torch.device("cpu"))
+    for side in sides:
+        for path, method, stage in STAGES[side.name]:
+            clock.wrap(operator.attrgetter(path)(side), method, stage)
+    rows: dict[str, dict[str, list[float]]] = {}
+    for case, call in calls.items():
+        output = scratch / f"{case}.wav"
+        for side in sides:  # warm-up
+            side(call, output)
+        for repeat in range(repeats):
+            for side in alternating(sides, repeat):
+                clock.reset()
+                wall, _ = timed(side, call, output)
+                for stage, seconds in {**clock.seconds, "whole call": wall}.items():
+                    rows.setdefault(f"{TITLES[case]}: {stage} s", {}).setdefault(side.name, []).append(seconds)
+    return rows
+
+
 def wav_difference(ours: Path, theirs: Path) -> float:
     (mine, rate), (reference, reference_rate) = soundfile.read(ours), soundfile.read(theirs)
     if rate != reference_rate or mine.shape != reference.shape:
@@ -369,12 +418,13 @@ def upstream_decode(model: torch.nn.Module, latents: torch.Tensor, *arguments: t
 
 
 def print_table(rows: dict[str, dict[str, list[float]]]) -> None:
-    print(f"\n{'figure':50} {'ours':>10} {'upstream':>10} {'ours/upstream':>14}")
+    width = max(50, *map(len, rows))
+    print(f"\n{'figure':{width}} {'ours':>10} {'upstream':>10} {'ours/upstream':>14}")
     for figure, sides in rows.items():
         medians = {name: statistics.median(values) for name, values in sides.items()}
         ours, theirs = medians.get("ours"), medians.get("upstream")
         ratio = f"{ours / theirs:14.3f}" if ours is not None and theirs is not None else f"{'-':>14}"
-        print(f"{figure:50} {cell(ours)} {cell(theirs)} {ratio}")
+        print(f"{figure:{width}} {cell(ours)} {cell(theirs)} {ratio}")
 
 
 def cell(value: float | None) -> str:
@@ -388,6 +438,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", type=Path, default=None, help="write every figure here")
     parser.add_argument("--quick", action="store_true", help="one repeat, the DiT at 108 frames")
+    parser.add_argument("--split", action="store_true", help="the tiny cases' parts, nothing else")
     args = parser.parse_args(argv)
     repeats = 1 if args.quick else args.repeats
     frames_list = [108] if args.quick else [108, 323]
@@ -402,6 +453,10 @@ def main(argv: list[str] | None = None) -> int:
         sides = [Ours(checkpoint), Upstream(checkpoint, pipeline_class)]
         print(f"float32 matmul precision after upstream's import (both sides run under it): "
               f"{torch.get_float32_matmul_precision()}")
+        if args.split:
+            print_table(time_stages(sides, calls, scratch, repeats))
+            print(f"load average at the end: {os.getloadavg()[0]:.2f}")
+            return 0
         times, closeness = time_cases(sides, calls, scratch, repeats)
         del sides
         gc.collect()
