@@ -102,8 +102,8 @@ CASES = {
 TITLES = {"text2music": "text2music 10 s, 27 steps", "repaint": "repaint 10-20 s of 30 s, 27 steps"}
 # --split: the parts timed on each side, as (attribute path from the side, method, stage). Each
 # side's autoencoder encode includes its resampling and mel, its decode the vocoder and resampling;
-# a call of a stage inside another call of it counts once. ("DiT", not "dit": under that name StageClock also keeps our DiT's
-# arguments, which upstream's calls do not match.)
+# a call of a stage inside another call of it counts once. ("DiT", not "dit": under that name
+# StageClock also keeps our DiT's arguments, which upstream's calls do not match.)
 STAGES = {
     "ours": [("pipeline.text_encoder", "encode", "text encoder"),
              ("pipeline.transformer", "encode", "condition encoder"),
@@ -296,7 +296,8 @@ def time_stages(sides: list[Any], calls: dict[str, dict[str, Any]], scratch: Pat
                 clock.reset()
                 wall, _ = timed(side, call, output)
                 for stage, seconds in {**clock.seconds, "whole call": wall}.items():
-                    rows.setdefault(f"{TITLES[case]}: {stage} s", {}).setdefault(side.name, []).append(seconds)
+                    row = rows.setdefault(f"{TITLES[case]}: {stage} s", {})
+                    row.setdefault(side.name, []).append(seconds)
     return rows
 
 
