@@ -9,6 +9,7 @@ import numpy
 import pytest
 import soundfile
 import torch
+from diffusers.models.autoencoders.autoencoder_dc import DCUpBlock2d, ResBlock
 from safetensors import safe_open
 
 from ace_step_ui.v1 import autoencoder, checkpoint
@@ -172,7 +173,8 @@ def test_the_decoder_in_tiles_gives_the_whole_decode(music_dcae, monkeypatch):
 
 def check_tiles(network, x, in_tiles, halo_name: str, shape, monkeypatch) -> None:
     """`in_tiles(network, x)` in tiles of 8 latent frames against `network(x)`; with half the
-    halo that `halo_name` gives; and whole where `x` is one tile long."""
+    halo that `halo_name` gives; and whole where `x` is one tile long, bit for bit diffusers'
+    forward."""
     with torch.no_grad():
         whole = network(x)
         tiled = in_tiles(network, x, tile=8)
@@ -183,33 +185,68 @@ def check_tiles(network, x, in_tiles, halo_name: str, shape, monkeypatch) -> Non
         monkeypatch.setattr(autoencoder, halo_name, lambda _: halo // 2)
         short = in_tiles(network, x, tile=8)
         assert (short - whole).abs().max().item() > 1e-3 * scale
-        calls = []
-        monkeypatch.setattr(type(network), "forward", lambda self, x: calls.append(x.shape) or whole)
-        assert in_tiles(network, x, tile=40) is whole and calls == [x.shape]
+        monkeypatch.setattr(autoencoder, "in_tiles", lambda *_, **__: pytest.fail("ran in tiles"))
+        assert torch.equal(in_tiles(network, x, tile=40), whole)
 
 
-def test_the_dcae_s_tiles_are_equal(music_dcae):
+def test_the_dcae_s_tiles_are_equal(music_dcae, monkeypatch):
     """300 latent frames in tiles of at most 128: the decoder's and the encoder's convolution levels
     run in 3 tiles of 100 frames (not 128, 128 and 44), each with its halo, and give the whole
     pass."""
     decoder, encoder = music_dcae.dcae.decoder, music_dcae.dcae.encoder
     latents = torch.randn(1, 8, 16, 300, generator=torch.Generator().manual_seed(0))
     mel = torch.randn(1, 2, 128, 300 * 8, generator=torch.Generator().manual_seed(1))
-    # Per network: its tiled pass, its halo, the first module of a tile and its input frames a
+    # Per network: its tiled pass, its halo, the first level a tile runs and its input frames a
     # latent frame.
     ways = ((decoder, latents, decode_in_tiles, conv_levels_halo(decoder), decoder.up_blocks[-2], 1),
-            (encoder, mel, encode_in_tiles, encoder_conv_levels_halo(encoder), encoder.conv_in, 8))
-    for network, x, in_tiles, halo, first_module, frames_per_latent in ways:
+            (encoder, mel, encode_in_tiles, encoder_conv_levels_halo(encoder), encoder.down_blocks[0], 8))
+    run_level = autoencoder.run_level
+    for network, x, in_tiles, halo, first_level, frames_per_latent in ways:
         widths = []
-        record = lambda _, inputs: widths.append(inputs[0].shape[-1])  # noqa: E731
-        hook = first_module.register_forward_pre_hook(record)
+
+        def recording(level, hidden):
+            if level is first_level:
+                widths.append(hidden.shape[-1])
+            return run_level(level, hidden)
+
+        monkeypatch.setattr(autoencoder, "run_level", recording)
         with torch.no_grad():
             tiled = in_tiles(network, x, tile=128)
-            hook.remove()
             whole = network(x)
         frames = [width // frames_per_latent for width in widths]
         assert frames == [100 + halo, 100 + 2 * halo, 100 + halo], type(network).__name__
         assert (tiled - whole).abs().max().item() <= 1e-5 * whole.abs().max().item()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_dcae_s_res_blocks_in_fewer_passes_are_diffusers_bits(dtype):
+    """`res_block` (activation, RMSNorm and residual in place, the norm over dim 1) and
+    `channel_rms_norm_` against diffusers' modules, with a norm that is not the identity."""
+    generator = torch.Generator().manual_seed(0)
+    for act in ("silu", "relu", "gelu"):
+        block = ResBlock(12, 12, norm_type="rms_norm", act_fn=act).eval().to(dtype)
+        with torch.no_grad():
+            for parameter in block.parameters():
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) / 3)
+            x = torch.randn(2, 12, 5, 33, generator=generator).to(dtype)
+            assert torch.equal(autoencoder.res_block(block, x), block(x)), act
+            norm = block.norm
+            assert torch.equal(autoencoder.channel_rms_norm_(norm, x.clone()),
+                               norm(x.movedim(1, -1)).movedim(-1, 1))
+
+
+@pytest.mark.parametrize("interpolate", [True, False])
+def test_the_dcae_s_upsampling_shortcut_as_a_view_is_diffusers_bits(interpolate):
+    """`up_block` against `DCUpBlock2d.forward` for 1, 2 and 4 channel repeats (a broadcast view)
+    and 8 (diffusers' own forward), on a whole input and a time slice of one, as a tile is."""
+    generator = torch.Generator().manual_seed(1)
+    for in_channels, out_channels, repeats in ((32, 8, 1), (16, 8, 2), (8, 8, 4), (4, 8, 8)):
+        block = DCUpBlock2d(in_channels, out_channels, interpolate=interpolate).eval()
+        assert block.repeats == repeats
+        x = torch.randn(1, in_channels, 6, 20, generator=generator)
+        with torch.no_grad():
+            for part in (x, x[..., 3:17]):
+                assert torch.equal(autoencoder.up_block(block, part), block(part)), repeats
 
 
 def test_the_full_size_decoder_s_halo_covers_its_reach():
