@@ -1,14 +1,16 @@
 """The v1 vocoder on a CPU: upstream's way (each channel whole, one after the other, its ResBlocks
 out of place, channels-first) against ours (both channels at once, each HiFi-GAN stage in
 cache-sized time tiles, in place on each convolution's fresh output, the stages of 8-128 channels
-channels-last), in one run.
+channels-last, its weight norm folded once as the pipeline loads it), in one run.
 
     python bench/vocoder_tiles.py [--size full|tiny] [--seconds 10 30] [--repeats 3] [--threads 2]
                                   [--sweep] [--layouts]
 
 Random weights (with the test checkpoint's audible gains) at the released sizes (`full`, from tests/fixtures/ace_step_v1_tiny/full_size_keys.json)
-or the test checkpoint's (`tiny`), a random stereo log-mel of each length; the two ways alternate
-and each figure is the median of the repeats, with the largest difference of their waveforms.
+or the test checkpoint's (`tiny`), a random stereo log-mel of each length; the ways alternate and
+each figure is the median of the repeats, with the largest difference of their waveforms. A third
+way, ours with the weight norm computed at every call and tile (`weight_g`, `weight_v`, before
+`fold_weight_norm`), gives what folding saves; it must give the folded samples bit for bit.
 --sweep also times each stage alone on inputs of 2^15 to 2^22 output elements (ns per element):
 how `TILE_BYTES` was chosen. --layouts times each stage alone on one tile of input in both layouts
 (alternating, medians of the repeats): how `CHANNELS_LAST` was chosen.
@@ -17,6 +19,7 @@ how `TILE_BYTES` was chosen. --layouts times each stage alone on one tile of inp
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
 import sys
@@ -83,22 +86,27 @@ def timed(action, *arguments) -> tuple[float, torch.Tensor]:
     return time.perf_counter() - started, result
 
 
-def compare(vocoder: HiFiGANVocoder, seconds: float, repeats: int) -> None:
+def compare(vocoder: HiFiGANVocoder, folded: HiFiGANVocoder, seconds: float, repeats: int) -> None:
+    """Upstream's way (its weight norm computed at each call), ours with the weight norm computed at
+    each call and tile (before `fold_weight_norm`), and ours as the pipeline loads it (folded)."""
     mel = torch.randn(2, vocoder.config.n_mels, int(seconds * vocoder.sample_rate / vocoder.config.hop_length),
                       generator=torch.Generator().manual_seed(0))
-    ways = {"upstream's way": upstream_way, "ours": lambda model, mels: model(mels)}
+    ways = {"upstream's way": lambda mels: upstream_way(vocoder, mels), "ours, unfolded": vocoder,
+            "ours": folded}
     times: dict[str, list[float]] = {name: [] for name in ways}
     outputs = {}
     for repeat in range(repeats + 1):  # the first round warms up
         for name in (list(ways) if repeat % 2 == 0 else list(ways)[::-1]):
-            spent, outputs[name] = timed(ways[name], vocoder, mel)
+            spent, outputs[name] = timed(ways[name], mel)
             if repeat:
                 times[name].append(spent)
-    ours, theirs = (statistics.median(times[name]) for name in ("ours", "upstream's way"))
+    theirs, unfolded, ours = (statistics.median(times[name]) for name in ways)
     difference = (outputs["ours"] - outputs["upstream's way"]).abs().max().item()
     scale = outputs["upstream's way"].abs().max().item()
-    print(f"{seconds:>6.0f} s stereo   {theirs:8.2f} s {ours:8.2f} s   {ours / theirs:5.2f}   "
-          f"{difference:.1e} (largest |sample| {scale:.2f})", flush=True)
+    assert torch.equal(outputs["ours"], outputs["ours, unfolded"]), "folding changed the samples"
+    print(f"{seconds:>6.0f} s stereo   {theirs:8.2f} s {unfolded:8.2f} s {ours:8.2f} s   "
+          f"{ours / theirs:5.2f}   {ours / unfolded:5.3f}   {difference:.1e} (largest |sample| "
+          f"{scale:.2f})", flush=True)
 
 
 def sweep(vocoder: HiFiGANVocoder) -> None:
@@ -107,12 +115,12 @@ def sweep(vocoder: HiFiGANVocoder) -> None:
     print("stage channels  " + "  ".join(f"{power:>6}" for power in range(15, 23)))
     with torch.no_grad():
         for stage, upsample in enumerate(head.ups):
-            channels = upsample.weight_v.shape[1]
+            channels = upsample.out_channels
             rate = vocoder.config.upsample_rates[stage]
             row = []
             for power in range(15, 23):
                 length = max(8, 2**power // (2 * channels * rate))
-                x = torch.randn(2, upsample.weight_v.shape[0], length)
+                x = torch.randn(2, upsample.in_channels, length)
                 head.stage(stage, x)
                 repeats = max(1, 2**21 // 2**power)
                 started = time.perf_counter()
@@ -129,9 +137,9 @@ def layouts(vocoder: HiFiGANVocoder, repeats: int) -> None:
     print("stage channels  channels-first  channels-last  ratio  max |difference| / max |sample|")
     with torch.no_grad():
         for stage, upsample in enumerate(head.ups):
-            channels, rate = upsample.weight_v.shape[1], vocoder.config.upsample_rates[stage]
+            channels, rate = upsample.out_channels, vocoder.config.upsample_rates[stage]
             length = max(16 * head.stage_halo(stage), TILE_BYTES // (2 * channels * rate * 4))
-            x = torch.randn(2, upsample.weight_v.shape[0], length, generator=torch.Generator().manual_seed(0))
+            x = torch.randn(2, upsample.in_channels, length, generator=torch.Generator().manual_seed(0))
             inputs = {"first": x, "last": to_channels_last(x)}
             times: dict[str, list[float]] = {name: [] for name in inputs}
             outputs = {}
@@ -159,10 +167,12 @@ def main(argv: list[str] | None = None) -> int:
     vocoder = build(args.size)
     print(f"torch {torch.__version__}, {args.threads} threads, float32, {args.size}-size vocoder "
           f"(random weights), tile {vocoder.head.tile_bytes // 2**20} MiB, medians of {args.repeats}")
-    print("length           upstream's way     ours   ratio   max |difference|")
+    folded = copy.deepcopy(vocoder).fold_weight_norm()
+    print("length           upstream's way  unfolded     ours   ours/upstream's  ours/unfolded  "
+          "max |difference|")
     with torch.no_grad():
         for seconds in args.seconds:
-            compare(vocoder, seconds, args.repeats)
+            compare(vocoder, folded, seconds, args.repeats)
     if args.sweep:
         sweep(vocoder)
     if args.layouts:

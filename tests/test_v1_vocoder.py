@@ -179,3 +179,34 @@ def test_the_stages_of_8_to_128_channels_run_channels_last_on_the_same_samples(v
     scale = channels_first.abs().max().item()
     assert scale > 1e-3
     assert (wave - channels_first).abs().max().item() <= TOLERANCE * scale
+
+
+def test_folding_the_weight_norm_keeps_the_bits_and_drops_g_and_v(tiny_v1_weights):
+    """`fold_weight_norm` (the loaded pipeline's vocoder) gives the unfolded vocoder's samples bit
+    for bit, in float32 and bfloat16, without `weight_g` and `weight_v`; computing the weight no
+    more at each call."""
+    for dtype in (torch.float32, torch.bfloat16):
+        plain = load_vocoder(tiny_v1_weights, dtype)
+        folded = load_vocoder(tiny_v1_weights, dtype).fold_weight_norm()
+        names = set(folded.state_dict())
+        assert not any(name.endswith(("weight_g", "weight_v")) for name in names)
+        assert "head.ups.0.weight" in names and "head.ups.0.weight_v" in set(plain.state_dict())
+        x = mel()[..., :48].to(dtype)
+        with torch.no_grad():
+            expected = plain(x)
+            norms = []
+            with CountNorms(norms):
+                out = folded(x)
+        assert torch.equal(out, expected), dtype
+        assert norms == [], "the folded vocoder computed weight norms"
+
+
+class CountNorms(torch.overrides.TorchFunctionMode):
+    def __init__(self, calls: list):
+        super().__init__()
+        self.calls = calls
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is torch.linalg.vector_norm:
+            self.calls.append(func)
+        return func(*args, **(kwargs or {}))

@@ -227,7 +227,7 @@ class V1Pipeline:
                             weights(checkpoint.AUTOENCODER), parts_device, dtype)
         vocoder_config = VocoderConfig.from_json(read_json(root / checkpoint.VOCODER / "config.json"))
         vocoder = load_weights(build_on_meta(lambda: HiFiGANVocoder(vocoder_config)),
-                               weights(checkpoint.VOCODER), parts_device, dtype)
+                               weights(checkpoint.VOCODER), parts_device, dtype).fold_weight_norm()
         text_encoder = TextEncoder.load(root / checkpoint.TEXT_ENCODER, parts_device, dtype)
         lyric_tokenizer = LyricTokenizer.from_file(lyric_vocab_path(root))
         if compile and not sequential:

@@ -166,17 +166,21 @@ class ConvNeXtBackbone(nn.Module):
 
 class WeightNormConv1d(nn.Module):
     """Conv1d or ConvTranspose1d with weight `weight_g * weight_v / ||weight_v||`, the norm taken over
-    all dims but 0 (so per input channel for the transposed conv, as torch's weight_norm(dim=0) does)."""
+    all dims but 0 (so per input channel for the transposed conv, as torch's weight_norm(dim=0) does).
+
+    `fold` replaces the two by the weight they give, once the checkpoint is loaded."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, *, stride: int = 1,
                  padding: int = 0, dilation: int = 1, transposed: bool = False) -> None:
         super().__init__()
         shape = ((in_channels, out_channels, kernel_size) if transposed
                  else (out_channels, in_channels, kernel_size))
+        self.in_channels, self.out_channels = in_channels, out_channels
         self.weight_g = nn.Parameter(torch.empty(shape[0], 1, 1))
         self.weight_v = nn.Parameter(torch.empty(shape))
         self.bias = nn.Parameter(torch.zeros(out_channels))
         self.stride, self.padding, self.dilation, self.transposed = stride, padding, dilation, transposed
+        self.folded = False
         with torch.no_grad():
             nn.init.normal_(self.weight_v, 0.0, 0.01)
             self.weight_g.copy_(self._v_norm())
@@ -185,8 +189,23 @@ class WeightNormConv1d(nn.Module):
         return torch.linalg.vector_norm(self.weight_v.float(), dim=(1, 2), keepdim=True)
 
     def effective_weight(self) -> torch.Tensor:
+        if self.folded:
+            return self.weight
         # Norm in float32 even for 16-bit weights: a sum of squares over in_channels * kernel terms.
         return (self.weight_v.float() * (self.weight_g.float() / self._v_norm())).to(self.weight_v.dtype)
+
+    def fold(self) -> None:
+        """Keep only `effective_weight()` (parameter `weight`), as upstream's `remove_weight_norm`
+        would: the same bits at every call without recomputing it for every call and time tile
+        (~3% of the test vocoder's time at 30 s, ~2% of the released one's at 10 s), and no `weight_g`
+        and `weight_v` in memory. Call it on a loaded module in its final dtype."""
+        if self.folded:
+            return
+        with torch.no_grad():
+            weight = self.effective_weight()
+        del self.weight_g, self.weight_v
+        self.weight = nn.Parameter(weight, requires_grad=False)
+        self.folded = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """`[B, C, T]` in either layout; a channels-last `x` (`is_channels_last`) gives a
@@ -306,7 +325,7 @@ class HiFiGANHead(nn.Module):
 
     def stage_in_tiles(self, stage: int, x: torch.Tensor) -> torch.Tensor:
         rate, kernel = self.config.upsample_rates[stage], self.config.upsample_kernel_sizes[stage]
-        channels = self.ups[stage].weight_v.shape[1]
+        channels = self.ups[stage].out_channels
         halo, length = self.stage_halo(stage), x.shape[-1]
         if x.device.type != "cpu":
             return self.stage(stage, x)  # a GPU gains nothing from either
@@ -336,6 +355,13 @@ class HiFiGANVocoder(nn.Module):
     @property
     def sample_rate(self) -> int:
         return self.config.sampling_rate
+
+    def fold_weight_norm(self) -> HiFiGANVocoder:
+        """`WeightNormConv1d.fold` for every convolution of the head; the loaded pipeline's way."""
+        for module in self.modules():
+            if isinstance(module, WeightNormConv1d):
+                module.fold()
+        return self
 
     def forward(self, mel: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(mel))
