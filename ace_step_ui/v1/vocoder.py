@@ -196,9 +196,9 @@ class WeightNormConv1d(nn.Module):
 
     def fold(self) -> None:
         """Keep only `effective_weight()` (parameter `weight`), as upstream's `remove_weight_norm`
-        would: the same bits at every call without recomputing it for every call and time tile
-        (~3% of the test vocoder's time at 30 s, ~2% of the released one's at 10 s), and no `weight_g`
-        and `weight_v` in memory. Call it on a loaded module in its final dtype."""
+        would: the same bits, not recomputed for every call and time tile (about 2% of the test
+        vocoder's time at 30 s and of the released one's at 10 s, bench/vocoder_tiles.py), and no
+        `weight_g` and `weight_v` in memory. Call it on a loaded module in its final dtype."""
         if self.folded:
             return
         with torch.no_grad():
