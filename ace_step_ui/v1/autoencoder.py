@@ -101,21 +101,17 @@ def res_block(block: ResBlock, x: torch.Tensor) -> torch.Tensor:
     fewer passes (diffusers normalises a `movedim` view, whose passes are slower, and each new
     activation-sized tensor costs page faults; with `up_block`, 0.73-0.96x diffusers' DCAE time,
     bench/dcae_tiles.py --passes)."""
-    if block.norm_type != "rms_norm" or not affine_rms_norm(block.norm):
+    if block.norm_type != "rms_norm":
         return block(x)
     hidden = block.conv2(activation_(block.nonlinearity, block.conv1(x)))
     return channel_rms_norm_(block.norm, hidden).add_(x)
-
-
-def affine_rms_norm(norm: nn.Module) -> bool:
-    return isinstance(norm, RMSNorm) and norm.weight is not None and norm.bias is not None
 
 
 def channel_rms_norm_(norm: RMSNorm, x: torch.Tensor) -> torch.Tensor:
     """`norm(x.movedim(1, -1)).movedim(-1, 1)` (diffusers' RMSNorm over the channels of
     `[B, C, H, W]`), overwriting `x`: the statistics in float32, then the same operations in the
     same order."""
-    if not affine_rms_norm(norm):
+    if not isinstance(norm, RMSNorm) or norm.weight is None or norm.bias is None:
         return norm(x.movedim(1, -1)).movedim(-1, 1)
     variance = x.to(torch.float32).pow(2).mean(1, keepdim=True)
     # In place, x's dtype holds the float32 product rounded, as diffusers' cast to a 16-bit weight's.
